@@ -1,0 +1,319 @@
+//! The pool builder: knobs, observers, error policy; validates everything in `build`.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bb8::ManageConnection;
+
+use crate::config::{PoolConfig, Profile};
+use crate::connection::Managed;
+use crate::error::BuildError;
+use crate::monitor;
+use crate::observer::PoolObserver;
+use crate::pool::{Classify, Pool, PoolInner};
+use crate::shared::Shared;
+use crate::stats::MonitorStatus;
+use crate::url::DatabaseUrl;
+
+/// Builds a [`Pool`] around any bb8 [`ManageConnection`].
+///
+/// Setters never fail; [`PoolBuilder::build`] validates the whole configuration and reports
+/// every problem at once, before anything is started.
+///
+/// ```
+/// use std::time::Duration;
+/// use pool_core::{PoolBuilder, PoolConfig};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let err = PoolBuilder::sqlite()
+///     .base_size(0)
+///     .max_overflow(0)
+///     .checkout_timeout(Duration::ZERO)
+///     .database_url("sqlite::memory:")
+///     .build_sqlite()
+///     .unwrap_err();
+/// assert!(err.to_string().contains("DB_POOL_SIZE"));
+/// assert!(err.to_string().contains("DB_POOL_TIMEOUT"));
+/// # }
+/// ```
+pub struct PoolBuilder<M: ManageConnection> {
+    config: PoolConfig,
+    url_error: Option<String>,
+    observers: Vec<Arc<dyn PoolObserver>>,
+    backend: Option<String>,
+    classify: Option<Classify<M::Error>>,
+    describe: fn(&M::Error) -> String,
+    _manager: PhantomData<fn() -> M>,
+}
+
+impl<M: ManageConnection> fmt::Debug for PoolBuilder<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("config", &self.config)
+            .field("observers", &self.observers.len())
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: ManageConnection> Default for PoolBuilder<M> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn debug_text<E: fmt::Debug>(e: &E) -> String {
+    format!("{e:?}")
+}
+
+impl<M: ManageConnection> PoolBuilder<M> {
+    /// A builder with the development profile's defaults.
+    pub fn new() -> Self {
+        PoolBuilder {
+            config: PoolConfig::development(),
+            url_error: None,
+            observers: Vec::new(),
+            backend: None,
+            classify: None,
+            describe: debug_text::<M::Error>,
+            _manager: PhantomData,
+        }
+    }
+
+    /// Replaces the whole configuration (from [`PoolConfig::from_env`] or a literal).
+    pub fn config(mut self, config: PoolConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Starts again from a profile's defaults, keeping the URL and name.
+    pub fn profile(mut self, profile: Profile) -> Self {
+        let url = self.config.database_url.take();
+        let name = self.config.name.take();
+        self.config = PoolConfig {
+            database_url: url,
+            name,
+            ..PoolConfig::for_profile(profile)
+        };
+        self
+    }
+
+    /// Where to connect. An unparsable URL is reported by `build`.
+    pub fn database_url(mut self, url: &str) -> Self {
+        match DatabaseUrl::parse(url) {
+            Ok(url) => {
+                self.config.database_url = Some(url);
+                self.url_error = None;
+            }
+            Err(e) => self.url_error = Some(format!("DATABASE_URL: {e}")),
+        }
+        self
+    }
+
+    /// The pool's name. Defaults to `host:port/database` of the URL.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = Some(name.into());
+        self
+    }
+
+    /// Connections kept warm. Defaults to 10 (development profile).
+    pub fn base_size(mut self, n: u32) -> Self {
+        self.config.base_size = n;
+        self
+    }
+
+    /// Connections allowed above the base. Defaults to 20 (development profile).
+    pub fn max_overflow(mut self, n: u32) -> Self {
+        self.config.max_overflow = n;
+        self
+    }
+
+    /// How long a checkout waits. Defaults to 20 s (development profile).
+    pub fn checkout_timeout(mut self, d: Duration) -> Self {
+        self.config.checkout_timeout = d;
+        self
+    }
+
+    /// Maximum connection age (`None` for no limit). Defaults to 1800 s.
+    pub fn max_lifetime(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.config.max_lifetime = d.into();
+        self
+    }
+
+    /// Limit for opening one connection. Defaults to 10 s.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.config.connect_timeout = d;
+        self
+    }
+
+    /// Period of the monitor. Defaults to 300 s (development profile).
+    pub fn health_interval(mut self, d: Duration) -> Self {
+        self.config.health_interval = d;
+        self
+    }
+
+    /// Ping on checkout (skipped within 500 ms of last use). Defaults to `true`.
+    pub fn pre_ping(mut self, on: bool) -> Self {
+        self.config.pre_ping = on;
+        self
+    }
+
+    /// Close connections idle this long. Defaults to `None`.
+    pub fn idle_timeout(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.config.idle_timeout = d.into();
+        self
+    }
+
+    /// Warn about connections held longer than this. Defaults to `None` (off).
+    pub fn leak_threshold(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.config.leak_threshold = d.into();
+        self
+    }
+
+    /// Warn and critical utilization thresholds. Defaults to 0.80 and 0.95.
+    pub fn utilization_thresholds(mut self, warn: f64, critical: f64) -> Self {
+        self.config.warn_utilization = warn;
+        self.config.critical_utilization = critical;
+        self
+    }
+
+    /// Circuit-breaker settings. Defaults to [`BreakerConfig::default`](crate::BreakerConfig).
+    pub fn breaker(mut self, breaker: crate::BreakerConfig) -> Self {
+        self.config.breaker = breaker;
+        self
+    }
+
+    /// Adds an observer (telemetry, a test recorder). Several may be added.
+    pub fn observer(mut self, observer: Arc<dyn PoolObserver>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
+    /// The backend name in stats (`postgresql`, `sqlite`). Defaults to the URL's backend,
+    /// or `"custom"`.
+    pub fn backend_name(mut self, name: impl Into<String>) -> Self {
+        self.backend = Some(name.into());
+        self
+    }
+
+    /// Decides which operation errors count toward the breaker (see [`Pool::run`]).
+    /// Defaults to every error for a custom manager; the PostgreSQL and SQLite backends
+    /// count only connection-class errors.
+    pub fn classify_errors(
+        mut self,
+        f: impl Fn(&M::Error) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.classify = Some(Arc::new(f));
+        self
+    }
+
+    /// How the manager's errors are turned into text for stats and logs. Defaults to `Debug`.
+    pub fn describe_errors(mut self, f: fn(&M::Error) -> String) -> Self {
+        self.describe = f;
+        self
+    }
+
+    /// The configuration as it stands.
+    pub fn current_config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    pub(crate) fn require_url(&self, kind: crate::BackendKind) -> Result<DatabaseUrl, BuildError> {
+        self.check()?;
+        match &self.config.database_url {
+            Some(url) if url.kind() == kind => Ok(url.clone()),
+            Some(url) => Err(BuildError::Url(format!(
+                "DATABASE_URL points at {} (`{}`) but a {} pool was asked for",
+                url.kind(),
+                url.redacted(),
+                kind
+            ))),
+            None => Err(BuildError::Url(format!(
+                "no DATABASE_URL: a {kind} pool needs one"
+            ))),
+        }
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
+        let mut problems = Vec::new();
+        if let Some(e) = &self.url_error {
+            problems.push(crate::config::ConfigProblem::new(
+                "DATABASE_URL",
+                None,
+                e.trim_start_matches("DATABASE_URL: "),
+            ));
+        }
+        self.config.collect_problems(&mut problems);
+        crate::config::ConfigError::from_problems(problems)?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(BuildError::NoRuntime);
+        }
+        Ok(())
+    }
+
+    /// Validates the configuration and starts the pool around `manager`.
+    ///
+    /// Returns at once: the base connections open in the background, and the monitor starts.
+    /// A database that is down does not fail the build; checkouts report it (and the breaker
+    /// opens after `failure_threshold` failed connects).
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::Config`] with every problem in the configuration, or
+    /// [`BuildError::NoRuntime`] outside a Tokio runtime. Nothing is started on error.
+    pub fn build(self, manager: M) -> Result<Pool<M>, BuildError> {
+        self.check()?;
+        let config = self.config;
+        let backend = self
+            .backend
+            .or_else(|| config.backend().map(|b| b.system_name().to_owned()))
+            .unwrap_or_else(|| "custom".to_owned());
+        let name = config.effective_name();
+        let shared = Arc::new(Shared::new(name, backend, config.clone(), self.observers));
+        let manager = Arc::new(manager);
+        let managed = Managed {
+            inner: manager.clone(),
+            shared: shared.clone(),
+            describe: self.describe,
+        };
+        // bb8 panics on zero sizes and durations; `check` has ruled those out. Lifetimes are
+        // enforced with jitter by `Managed`; bb8's own (unjittered) limit only reaps idle
+        // connections that nothing checks out.
+        let bb8 = bb8::Pool::builder()
+            .max_size(config.max_size())
+            .min_idle(Some(config.base_size).filter(|n| *n > 0))
+            .connection_timeout(config.checkout_timeout)
+            .max_lifetime(config.max_lifetime)
+            .idle_timeout(config.idle_timeout)
+            .test_on_check_out(true)
+            .retry_connection(true)
+            .queue_strategy(bb8::QueueStrategy::Fifo)
+            .build_unchecked(managed);
+        let classify = self
+            .classify
+            .unwrap_or_else(|| Arc::new(|_: &M::Error| true));
+        let inner = Arc::new(PoolInner {
+            bb8,
+            shared: shared.clone(),
+            manager,
+            classify,
+            describe: self.describe,
+        });
+        monitor::spawn(&inner);
+        shared
+            .monitor_status
+            .store(MonitorStatus::Running as u8, Relaxed);
+        tracing::info!(
+            pool = %shared.name,
+            backend = %shared.backend,
+            base_size = config.base_size,
+            max_overflow = config.max_overflow,
+            checkout_timeout_ms = config.checkout_timeout.as_millis() as u64,
+            "connection pool started"
+        );
+        Ok(Pool { inner })
+    }
+}

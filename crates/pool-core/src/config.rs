@@ -1,0 +1,531 @@
+//! Pool configuration: plain data with documented defaults, profiles and validation.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::url::{BackendKind, DatabaseUrl};
+
+/// A set of defaults (the columns of the table in the crate docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum Profile {
+    /// PostgreSQL in production: 15 kept warm, 25 overflow, 15 s checkout timeout.
+    Production,
+    /// PostgreSQL in development: 10 kept warm, 20 overflow, 20 s checkout timeout.
+    Development,
+    /// Embedded SQLite: one connection, no overflow.
+    Sqlite,
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Profile::Production => "production",
+            Profile::Development => "development",
+            Profile::Sqlite => "sqlite",
+        })
+    }
+}
+
+/// Circuit-breaker settings.
+///
+/// `Default` is the same in every profile: 5 failures open it, it stays open 60 s, 3 probe
+/// successes close it, operations run through [`Pool::run`](crate::Pool::run) time out after 30 s.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct BreakerConfig {
+    /// `false` turns the breaker off (state `disabled`). Defaults to `true`.
+    pub enabled: bool,
+    /// Consecutive failures that open the breaker (`DB_CIRCUIT_BREAKER_FAILURE_THRESHOLD`).
+    /// Defaults to 5.
+    pub failure_threshold: u32,
+    /// How long the breaker stays open before it admits probes
+    /// (`DB_CIRCUIT_BREAKER_RECOVERY_TIMEOUT`). Defaults to 60 s.
+    pub recovery_timeout: Duration,
+    /// Probe successes in half-open that close the breaker
+    /// (`DB_CIRCUIT_BREAKER_SUCCESS_THRESHOLD`). Defaults to 3.
+    pub success_threshold: u32,
+    /// Probes admitted at once while half-open. Defaults to `success_threshold`.
+    pub half_open_max_probes: u32,
+    /// Time limit for an operation run through [`Pool::run`](crate::Pool::run)
+    /// (`DB_CIRCUIT_BREAKER_TIMEOUT`). Defaults to 30 s.
+    pub operation_timeout: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            enabled: true,
+            failure_threshold: 5,
+            recovery_timeout: Duration::from_secs(60),
+            success_threshold: 3,
+            half_open_max_probes: 3,
+            operation_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything a [`Pool`](crate::Pool) needs to know, as plain data.
+///
+/// Build it from a profile and change what you need, read it from the environment with
+/// [`PoolConfig::from_env`], or set knobs on [`PoolBuilder`](crate::PoolBuilder). Every
+/// construction path ends in [`PoolConfig::validate`], which reports all problems at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use pool_core::PoolConfig;
+///
+/// let config = PoolConfig {
+///     base_size: 4,
+///     max_overflow: 6,
+///     checkout_timeout: Duration::from_secs(2),
+///     ..PoolConfig::production()
+/// };
+/// assert_eq!(config.max_size(), 10);
+/// config.validate().unwrap();
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct PoolConfig {
+    /// The profile the defaults came from.
+    pub profile: Profile,
+    /// Where to connect (`DATABASE_URL`). The pool constructors of the backends need it;
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build) with your own manager does not.
+    pub database_url: Option<DatabaseUrl>,
+    /// The pool's name in logs, stats and metrics (`DB_POOL_NAME`). Defaults to
+    /// `server.address:server.port/db.namespace` of the URL, or `"default"`.
+    pub name: Option<String>,
+    /// Connections kept open and idle (`DB_POOL_SIZE`).
+    pub base_size: u32,
+    /// Connections allowed above `base_size`; they are closed when returned while
+    /// `base_size` connections are already idle (`DB_MAX_OVERFLOW`).
+    pub max_overflow: u32,
+    /// How long a checkout waits in the queue (`DB_POOL_TIMEOUT`).
+    pub checkout_timeout: Duration,
+    /// Maximum age of a connection; `None` keeps connections forever (`DB_POOL_RECYCLE`,
+    /// where `-1` or `0` mean `None`). Each connection gets up to 2.5 % less, at random.
+    pub max_lifetime: Option<Duration>,
+    /// Limit for opening one connection (`DB_POOL_CONNECT_TIMEOUT`).
+    pub connect_timeout: Duration,
+    /// Period of the monitor task (`DB_POOL_HEALTH_INTERVAL`).
+    pub health_interval: Duration,
+    /// Ping a connection before handing it out, unless it was used within the last 500 ms
+    /// (`DB_POOL_PRE_PING`). Defaults to `true`.
+    pub pre_ping: bool,
+    /// Close connections idle this long; the pool re-opens up to `base_size`
+    /// (`DB_POOL_IDLE_TIMEOUT`). Defaults to `None`.
+    pub idle_timeout: Option<Duration>,
+    /// Warn when a connection is held longer than this (`DB_POOL_LEAK_THRESHOLD`).
+    /// Defaults to `None` (off).
+    pub leak_threshold: Option<Duration>,
+    /// Utilization (in use / max) at which the monitor warns (`DB_POOL_WARN_UTILIZATION`).
+    /// Defaults to 0.80.
+    pub warn_utilization: f64,
+    /// Utilization at which the monitor reports critical (`DB_POOL_CRITICAL_UTILIZATION`).
+    /// Defaults to 0.95.
+    pub critical_utilization: f64,
+    /// Circuit-breaker settings.
+    pub breaker: BreakerConfig,
+}
+
+impl PoolConfig {
+    /// Defaults for PostgreSQL in production: base 15, overflow 25, checkout timeout 15 s,
+    /// recycle 1800 s, connect timeout 10 s, health interval 60 s.
+    pub fn production() -> Self {
+        PoolConfig {
+            profile: Profile::Production,
+            database_url: None,
+            name: None,
+            base_size: 15,
+            max_overflow: 25,
+            checkout_timeout: Duration::from_secs(15),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            connect_timeout: Duration::from_secs(10),
+            health_interval: Duration::from_secs(60),
+            pre_ping: true,
+            idle_timeout: None,
+            leak_threshold: None,
+            warn_utilization: 0.80,
+            critical_utilization: 0.95,
+            breaker: BreakerConfig::default(),
+        }
+    }
+
+    /// Defaults for PostgreSQL in development: base 10, overflow 20, checkout timeout 20 s,
+    /// recycle 1800 s, connect timeout 10 s, health interval 300 s.
+    pub fn development() -> Self {
+        PoolConfig {
+            profile: Profile::Development,
+            base_size: 10,
+            max_overflow: 20,
+            checkout_timeout: Duration::from_secs(20),
+            health_interval: Duration::from_secs(300),
+            ..Self::production()
+        }
+    }
+
+    /// Defaults for embedded SQLite: base 1, overflow 0, checkout timeout 15 s, recycle 3600 s,
+    /// connect timeout 5 s, health interval 300 s.
+    pub fn sqlite() -> Self {
+        PoolConfig {
+            profile: Profile::Sqlite,
+            base_size: 1,
+            max_overflow: 0,
+            checkout_timeout: Duration::from_secs(15),
+            max_lifetime: Some(Duration::from_secs(3600)),
+            connect_timeout: Duration::from_secs(5),
+            health_interval: Duration::from_secs(300),
+            ..Self::production()
+        }
+    }
+
+    /// The defaults of `profile`.
+    pub fn for_profile(profile: Profile) -> Self {
+        match profile {
+            Profile::Production => Self::production(),
+            Profile::Development => Self::development(),
+            Profile::Sqlite => Self::sqlite(),
+        }
+    }
+
+    /// `base_size + max_overflow`.
+    pub fn max_size(&self) -> u32 {
+        self.base_size.saturating_add(self.max_overflow)
+    }
+
+    /// The name the pool will use: [`PoolConfig::name`], else the URL's default name, else
+    /// `"default"`.
+    pub fn effective_name(&self) -> String {
+        self.name
+            .clone()
+            .or_else(|| {
+                self.database_url
+                    .as_ref()
+                    .map(DatabaseUrl::default_pool_name)
+            })
+            .unwrap_or_else(|| "default".to_owned())
+    }
+
+    /// The backend of [`PoolConfig::database_url`], if one is set.
+    pub fn backend(&self) -> Option<BackendKind> {
+        self.database_url.as_ref().map(DatabaseUrl::kind)
+    }
+
+    /// Checks every rule and reports every problem found.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] listing each field that breaks a rule, what it holds and what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        self.collect_problems(&mut problems);
+        ConfigError::from_problems(problems)
+    }
+
+    pub(crate) fn collect_problems(&self, out: &mut Vec<ConfigProblem>) {
+        let mut check = |ok: bool, setting: Setting, value: String, expected: &str| {
+            if !ok {
+                out.push(ConfigProblem::new(setting.label(), Some(value), expected));
+            }
+        };
+        let secs = |d: Duration| format!("{}s", d.as_secs_f64());
+        check(
+            self.base_size <= MAX_POOL_SIZE,
+            Setting::PoolSize,
+            self.base_size.to_string(),
+            "a whole number from 0 to 10000",
+        );
+        check(
+            self.max_overflow <= MAX_POOL_SIZE,
+            Setting::MaxOverflow,
+            self.max_overflow.to_string(),
+            "a whole number from 0 to 10000",
+        );
+        check(
+            self.max_size() >= 1,
+            Setting::PoolSize,
+            format!(
+                "{} (with {} = {})",
+                self.base_size,
+                Setting::MaxOverflow.label(),
+                self.max_overflow
+            ),
+            "base size + overflow of at least 1",
+        );
+        for (setting, value, max) in [
+            (Setting::PoolTimeout, self.checkout_timeout, MAX_TIMEOUT),
+            (Setting::ConnectTimeout, self.connect_timeout, MAX_TIMEOUT),
+            (Setting::HealthInterval, self.health_interval, MAX_TIMEOUT),
+            (
+                Setting::BreakerRecovery,
+                self.breaker.recovery_timeout,
+                MAX_TIMEOUT,
+            ),
+            (
+                Setting::BreakerTimeout,
+                self.breaker.operation_timeout,
+                MAX_TIMEOUT,
+            ),
+        ] {
+            check(
+                !value.is_zero() && value <= max,
+                setting,
+                secs(value),
+                "a duration above 0 and at most 1 day",
+            );
+        }
+        for (setting, value) in [
+            (Setting::Recycle, self.max_lifetime),
+            (Setting::IdleTimeout, self.idle_timeout),
+            (Setting::LeakThreshold, self.leak_threshold),
+        ] {
+            if let Some(value) = value {
+                check(
+                    !value.is_zero() && value <= MAX_LIFETIME,
+                    setting,
+                    secs(value),
+                    "a duration above 0 and at most 30 days, or off",
+                );
+            }
+        }
+        for (setting, value) in [
+            (Setting::BreakerFailures, self.breaker.failure_threshold),
+            (Setting::BreakerSuccesses, self.breaker.success_threshold),
+            (Setting::BreakerProbes, self.breaker.half_open_max_probes),
+        ] {
+            check(
+                (1..=MAX_THRESHOLD).contains(&value),
+                setting,
+                value.to_string(),
+                "a whole number from 1 to 10000",
+            );
+        }
+        let unit = |v: f64| v.is_finite() && v > 0.0 && v <= 1.0;
+        check(
+            unit(self.warn_utilization),
+            Setting::WarnUtilization,
+            self.warn_utilization.to_string(),
+            "a fraction above 0 and at most 1 (e.g. 0.80)",
+        );
+        check(
+            unit(self.critical_utilization),
+            Setting::CriticalUtilization,
+            self.critical_utilization.to_string(),
+            "a fraction above 0 and at most 1 (e.g. 0.95)",
+        );
+        if unit(self.warn_utilization) && unit(self.critical_utilization) {
+            check(
+                self.warn_utilization < self.critical_utilization,
+                Setting::WarnUtilization,
+                format!(
+                    "{} (with {} = {})",
+                    self.warn_utilization,
+                    Setting::CriticalUtilization.label(),
+                    self.critical_utilization
+                ),
+                "a warning threshold below the critical threshold",
+            );
+        }
+        if let (Some(idle), Some(life)) = (self.idle_timeout, self.max_lifetime) {
+            check(
+                idle < life,
+                Setting::IdleTimeout,
+                format!(
+                    "{} (with {} = {})",
+                    secs(idle),
+                    Setting::Recycle.label(),
+                    secs(life)
+                ),
+                "an idle timeout shorter than the maximum lifetime",
+            );
+        }
+        if let Some(name) = &self.name {
+            check(
+                !name.trim().is_empty() && name.len() <= 128 && !name.chars().any(char::is_control),
+                Setting::Name,
+                name.clone(),
+                "1 to 128 printable characters",
+            );
+        }
+    }
+}
+
+impl Default for PoolConfig {
+    /// The development profile.
+    fn default() -> Self {
+        Self::development()
+    }
+}
+
+pub(crate) const MAX_POOL_SIZE: u32 = 10_000;
+pub(crate) const MAX_THRESHOLD: u32 = 10_000;
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+
+/// The settings, named by their environment variables so an error points at what to fix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Setting {
+    PoolSize,
+    MaxOverflow,
+    PoolTimeout,
+    Recycle,
+    ConnectTimeout,
+    HealthInterval,
+    IdleTimeout,
+    LeakThreshold,
+    WarnUtilization,
+    CriticalUtilization,
+    BreakerFailures,
+    BreakerRecovery,
+    BreakerSuccesses,
+    BreakerTimeout,
+    BreakerProbes,
+    Name,
+}
+
+impl Setting {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Setting::PoolSize => "DB_POOL_SIZE",
+            Setting::MaxOverflow => "DB_MAX_OVERFLOW",
+            Setting::PoolTimeout => "DB_POOL_TIMEOUT",
+            Setting::Recycle => "DB_POOL_RECYCLE",
+            Setting::ConnectTimeout => "DB_POOL_CONNECT_TIMEOUT",
+            Setting::HealthInterval => "DB_POOL_HEALTH_INTERVAL",
+            Setting::IdleTimeout => "DB_POOL_IDLE_TIMEOUT",
+            Setting::LeakThreshold => "DB_POOL_LEAK_THRESHOLD",
+            Setting::WarnUtilization => "DB_POOL_WARN_UTILIZATION",
+            Setting::CriticalUtilization => "DB_POOL_CRITICAL_UTILIZATION",
+            Setting::BreakerFailures => "DB_CIRCUIT_BREAKER_FAILURE_THRESHOLD",
+            Setting::BreakerRecovery => "DB_CIRCUIT_BREAKER_RECOVERY_TIMEOUT",
+            Setting::BreakerSuccesses => "DB_CIRCUIT_BREAKER_SUCCESS_THRESHOLD",
+            Setting::BreakerTimeout => "DB_CIRCUIT_BREAKER_TIMEOUT",
+            Setting::BreakerProbes => "half_open_max_probes",
+            Setting::Name => "DB_POOL_NAME",
+        }
+    }
+}
+
+/// One setting that broke a rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The environment variable (or field) at fault, e.g. `DB_POOL_SIZE`.
+    pub setting: String,
+    /// What it held, with any password hidden; `None` when it was missing.
+    pub value: Option<String>,
+    /// What would have been accepted.
+    pub expected: String,
+}
+
+impl ConfigProblem {
+    pub(crate) fn new(setting: &str, value: Option<String>, expected: &str) -> Self {
+        ConfigProblem {
+            setting: setting.to_owned(),
+            value,
+            expected: expected.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(value) => write!(
+                f,
+                "{}={:?}: expected {}",
+                self.setting, value, self.expected
+            ),
+            None => write!(f, "{}: expected {}", self.setting, self.expected),
+        }
+    }
+}
+
+/// A configuration that cannot make a pool; lists every problem found, not just the first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    problems: Vec<ConfigProblem>,
+}
+
+impl ConfigError {
+    pub(crate) fn from_problems(problems: Vec<ConfigProblem>) -> Result<(), ConfigError> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Every problem, in the order the settings were read.
+    pub fn problems(&self) -> &[ConfigProblem] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "invalid pool configuration ({n} problem{})",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.problems {
+            write!(f, "; {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_carry_the_documented_defaults() {
+        let p = PoolConfig::production();
+        assert_eq!((p.base_size, p.max_overflow, p.max_size()), (15, 25, 40));
+        assert_eq!(p.checkout_timeout, Duration::from_secs(15));
+        assert_eq!(p.health_interval, Duration::from_secs(60));
+        let d = PoolConfig::development();
+        assert_eq!((d.base_size, d.max_overflow), (10, 20));
+        assert_eq!(d.checkout_timeout, Duration::from_secs(20));
+        assert_eq!(d.health_interval, Duration::from_secs(300));
+        let s = PoolConfig::sqlite();
+        assert_eq!((s.base_size, s.max_overflow), (1, 0));
+        assert_eq!(s.max_lifetime, Some(Duration::from_secs(3600)));
+        assert_eq!(s.connect_timeout, Duration::from_secs(5));
+        for c in [p, d, s] {
+            c.validate().unwrap();
+            assert_eq!(c.breaker, BreakerConfig::default());
+            assert_eq!(c.breaker.operation_timeout, Duration::from_secs(30));
+        }
+    }
+
+    #[test]
+    fn validate_reports_every_problem_at_once() {
+        let config = PoolConfig {
+            base_size: 0,
+            max_overflow: 0,
+            checkout_timeout: Duration::ZERO,
+            warn_utilization: 0.95,
+            critical_utilization: 0.80,
+            ..PoolConfig::production()
+        };
+        let err = config.validate().unwrap_err();
+        let settings: Vec<_> = err.problems().iter().map(|p| p.setting.as_str()).collect();
+        assert_eq!(
+            settings,
+            [
+                "DB_POOL_SIZE",
+                "DB_POOL_TIMEOUT",
+                "DB_POOL_WARN_UTILIZATION"
+            ]
+        );
+        assert!(err
+            .to_string()
+            .starts_with("invalid pool configuration (3 problems)"));
+    }
+}

@@ -1,0 +1,323 @@
+//! The manager the pool wraps around yours, and the connection guard it hands out.
+//!
+//! bb8 has no check-in or check-out hooks; its only callbacks are the manager's `connect`,
+//! `is_valid` (on checkout) and `has_broken` (on return). Wrapping the manager is therefore
+//! how the pool sees every connect and validation outcome (for the circuit breaker), applies
+//! lifetime jitter, forced recycling and overflow closing, and counts every close by reason.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bb8::ManageConnection;
+use tokio::time::Instant;
+
+use crate::error::ConnectError;
+use crate::observer::{CloseReason, PoolEvent};
+use crate::shared::Shared;
+
+/// A connection used this recently is handed out without a ping (HikariCP's alive-bypass
+/// window): a busy pool pays no round trip per checkout.
+pub(crate) const ALIVE_BYPASS: Duration = Duration::from_millis(500);
+
+/// Lifetimes are shortened by up to this fraction, at random, so connections opened together
+/// do not all reconnect together.
+const LIFETIME_JITTER: f64 = 0.025;
+
+pub(crate) type Describe<E> = fn(&E) -> String;
+
+/// The manager the pool hands to bb8.
+pub(crate) struct Managed<M: ManageConnection> {
+    pub(crate) inner: Arc<M>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) describe: Describe<M::Error>,
+}
+
+impl<M: ManageConnection> fmt::Debug for Managed<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Managed")
+            .field("pool", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A pooled connection with what the pool needs to know about it.
+pub(crate) struct Tracked<C> {
+    pub(crate) conn: C,
+    born: Instant,
+    expires_at: Option<Instant>,
+    last_used: Instant,
+    generation: u64,
+    /// Set when the pool has decided to close this connection, and why.
+    pub(crate) close: Option<CloseReason>,
+    shared: Arc<Shared>,
+}
+
+impl<C> Tracked<C> {
+    fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    fn retire_reason(&self, now: Instant) -> Option<CloseReason> {
+        if self.close.is_some() {
+            self.close
+        } else if self.generation != self.shared.generation.load(Relaxed) {
+            Some(CloseReason::Forced)
+        } else if self.expired(now) {
+            Some(CloseReason::MaxLifetime)
+        } else {
+            None
+        }
+    }
+}
+
+impl<C> Drop for Tracked<C> {
+    fn drop(&mut self) {
+        self.shared.counters.open.fetch_sub(1, Relaxed);
+        if self.shared.closing.load(Relaxed) && self.close.is_none() {
+            return;
+        }
+        // A close the pool did not decide itself is bb8's reaper: lifetime or idle timeout.
+        let reason = self.close.unwrap_or_else(|| {
+            let lifetime = self.shared.config.max_lifetime;
+            if lifetime.is_some_and(|l| self.born.elapsed() >= l) {
+                CloseReason::MaxLifetime
+            } else {
+                CloseReason::IdleTimeout
+            }
+        });
+        self.shared.counters.closed[reason.index()].fetch_add(1, Relaxed);
+        self.shared.emit(&PoolEvent::ConnectionClosed { reason });
+        tracing::debug!(pool = %self.shared.name, reason = reason.as_str(), "connection closed");
+    }
+}
+
+impl<M: ManageConnection> Managed<M> {
+    fn failed(&self, took: Duration, text: &str) {
+        let counters = &self.shared.counters;
+        counters.create_failures.fetch_add(1, Relaxed);
+        self.shared.set_last_error(text);
+        let text = self.shared.scrub(text);
+        tracing::warn!(pool = %self.shared.name, error = %text, "could not open a database connection");
+        self.shared.emit(&PoolEvent::ConnectionCreated {
+            took,
+            error: Some(&text),
+        });
+        self.shared.record_failure();
+    }
+}
+
+impl<M: ManageConnection> ManageConnection for Managed<M> {
+    type Connection = Tracked<M::Connection>;
+    type Error = ConnectError<M::Error>;
+
+    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        if !self.shared.connect_allowed() {
+            return Err(ConnectError::CircuitOpen);
+        }
+        let timeout = self.shared.config.connect_timeout;
+        let start = Instant::now();
+        let outcome = tokio::time::timeout(timeout, self.inner.connect()).await;
+        let took = start.elapsed();
+        self.shared.connect_attempted();
+        match outcome {
+            Ok(Ok(conn)) => {
+                let shared = &self.shared;
+                shared.counters.created.fetch_add(1, Relaxed);
+                shared.counters.open.fetch_add(1, Relaxed);
+                shared.record_success();
+                shared.emit(&PoolEvent::ConnectionCreated { took, error: None });
+                let now = Instant::now();
+                let expires_at = shared.config.max_lifetime.map(|lifetime| {
+                    now + lifetime.mul_f64(1.0 - LIFETIME_JITTER * fastrand::f64())
+                });
+                Ok(Tracked {
+                    conn,
+                    born: now,
+                    expires_at,
+                    last_used: now,
+                    generation: shared.generation.load(Relaxed),
+                    close: None,
+                    shared: shared.clone(),
+                })
+            }
+            Ok(Err(e)) => {
+                self.failed(took, &(self.describe)(&e));
+                Err(ConnectError::Backend(e))
+            }
+            Err(_) => {
+                self.failed(
+                    took,
+                    &format!("connect timed out after {}ms", timeout.as_millis()),
+                );
+                Err(ConnectError::Timeout(timeout))
+            }
+        }
+    }
+
+    async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
+        // Decided before any await: `Pool::force_recycle` relies on stale connections being
+        // rejected within the first poll.
+        let now = Instant::now();
+        if let Some(reason) = conn.retire_reason(now) {
+            conn.close = Some(reason);
+            return Err(ConnectError::Retired);
+        }
+        if self.inner.has_broken(&mut conn.conn) {
+            conn.close = Some(CloseReason::Broken);
+            return Err(ConnectError::Retired);
+        }
+        if !self.shared.config.pre_ping || now.duration_since(conn.last_used) < ALIVE_BYPASS {
+            return Ok(());
+        }
+        match self.inner.is_valid(&mut conn.conn).await {
+            Ok(()) => {
+                conn.last_used = Instant::now();
+                self.shared.record_success();
+                Ok(())
+            }
+            Err(e) => {
+                conn.close = Some(CloseReason::Invalid);
+                let text = (self.describe)(&e);
+                self.shared.set_last_error(&text);
+                tracing::debug!(pool = %self.shared.name, error = %self.shared.scrub(&text), "pre-ping failed; connection replaced");
+                self.shared.record_validation_failure();
+                Err(ConnectError::Backend(e))
+            }
+        }
+    }
+
+    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
+        let now = Instant::now();
+        if let Some(reason) = conn.retire_reason(now) {
+            conn.close = Some(reason);
+            return true;
+        }
+        if self.inner.has_broken(&mut conn.conn) {
+            conn.close = Some(CloseReason::Broken);
+            return true;
+        }
+        conn.last_used = now;
+        false
+    }
+}
+
+/// A connection checked out of a [`Pool`](crate::Pool). It goes back when dropped.
+///
+/// Dereferences to the backend's connection (`tokio_postgres::Client`,
+/// [`SqliteConnection`](crate::sqlite::SqliteConnection), …).
+pub struct PooledConnection<M: ManageConnection> {
+    conn: Option<bb8::PooledConnection<'static, Managed<M>>>,
+    shared: Arc<Shared>,
+    checked_out_at: Instant,
+    leak_id: Option<u64>,
+}
+
+impl<M: ManageConnection> PooledConnection<M> {
+    pub(crate) fn new(
+        conn: bb8::PooledConnection<'static, Managed<M>>,
+        shared: Arc<Shared>,
+        checked_out_at: Instant,
+        leak_id: Option<u64>,
+    ) -> Self {
+        PooledConnection {
+            conn: Some(conn),
+            shared,
+            checked_out_at,
+            leak_id,
+        }
+    }
+
+    fn tracked(&mut self) -> &mut Tracked<M::Connection> {
+        self.conn
+            .as_mut()
+            .expect("the connection is only taken out in Drop")
+    }
+
+    /// How long this connection has been checked out.
+    pub fn held_for(&self) -> Duration {
+        self.checked_out_at.elapsed()
+    }
+
+    /// Closes this connection when it is returned instead of reusing it (after a protocol
+    /// error, a cancelled query, a session left in an unknown state).
+    pub fn discard(&mut self) {
+        self.tracked().close.get_or_insert(CloseReason::Broken);
+    }
+
+    pub(crate) fn report_connection_failure(&mut self, text: &str) {
+        self.discard();
+        self.shared.set_last_error(text);
+        self.shared.record_failure();
+    }
+}
+
+impl<M: ManageConnection> Deref for PooledConnection<M> {
+    type Target = M::Connection;
+
+    fn deref(&self) -> &M::Connection {
+        &self
+            .conn
+            .as_ref()
+            .expect("the connection is only taken out in Drop")
+            .conn
+    }
+}
+
+impl<M: ManageConnection> DerefMut for PooledConnection<M> {
+    fn deref_mut(&mut self) -> &mut M::Connection {
+        &mut self.tracked().conn
+    }
+}
+
+impl<M: ManageConnection> fmt::Debug for PooledConnection<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledConnection")
+            .field("pool", &self.shared.name)
+            .field("held_for", &self.held_for())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: ManageConnection> Drop for PooledConnection<M> {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let shared = &self.shared;
+        let counters = &shared.counters;
+        let held = self.checked_out_at.elapsed();
+        let in_use_before = counters.in_use.fetch_sub(1, Relaxed);
+        // SQLAlchemy's QueuePool: a connection returned while `base_size` are already idle is
+        // overflow and is closed.
+        let idle_before = counters.open.load(Relaxed).saturating_sub(in_use_before);
+        if idle_before >= u64::from(shared.config.base_size) {
+            conn.close.get_or_insert(CloseReason::Overflow);
+        }
+        if let (Some(id), Some(leaks)) = (self.leak_id, &shared.leaks) {
+            let entry = leaks.entries.lock().remove(&id);
+            if let Some(entry) = entry.filter(|e| e.reported) {
+                tracing::warn!(
+                    parent: &entry.span,
+                    pool = %shared.name,
+                    held_ms = held.as_millis() as u64,
+                    checked_out_at = %entry.location,
+                    "connection reported as leaked was returned"
+                );
+                shared.emit(&PoolEvent::LeakReturned {
+                    held,
+                    location: entry.location,
+                });
+            }
+        }
+        if counters.pending.load(Relaxed) == 0 {
+            counters.exhausted.store(0, Relaxed);
+        }
+        if shared.has_observers() {
+            shared.emit(&PoolEvent::Returned { held });
+        }
+        drop(conn);
+    }
+}

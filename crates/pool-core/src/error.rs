@@ -1,0 +1,214 @@
+//! The errors a pool hands out. Each says what happened in words an operator can act on,
+//! and none carries a password.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::ConfigError;
+
+/// The pool's state when a checkout gave up, as in HikariCP's
+/// "(total=25, active=25, idle=0, waiting=37)".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    /// Open connections.
+    pub total: u32,
+    /// Connections checked out.
+    pub in_use: u32,
+    /// Connections idle.
+    pub idle: u32,
+    /// Checkouts waiting, this one included.
+    pub waiting: u64,
+    /// The size limit.
+    pub max: u32,
+}
+
+/// Why a checkout produced no connection.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum CheckoutError {
+    /// No connection became available within the checkout timeout.
+    Timeout {
+        /// The pool's name.
+        pool: Arc<str>,
+        /// How long the checkout waited.
+        waited: Duration,
+        /// The pool when it gave up.
+        snapshot: PoolSnapshot,
+        /// The most recent connect or ping error, passwords hidden; this is usually the
+        /// reason no connection came.
+        last_error: Option<String>,
+    },
+    /// The circuit breaker is open: the database is failing, so the pool did not wait.
+    CircuitOpen {
+        /// The pool's name.
+        pool: Arc<str>,
+        /// When the breaker will admit probes again (use it for `Retry-After`).
+        retry_after: Duration,
+    },
+}
+
+impl CheckoutError {
+    /// How long a client should wait before trying again: the remaining open time, or the
+    /// checkout timeout's order of magnitude for an exhausted pool (1 s).
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            CheckoutError::Timeout { .. } => Duration::from_secs(1),
+            CheckoutError::CircuitOpen { retry_after, .. } => *retry_after,
+        }
+    }
+
+    /// `true` for [`CheckoutError::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, CheckoutError::Timeout { .. })
+    }
+
+    /// `true` for [`CheckoutError::CircuitOpen`].
+    pub fn is_circuit_open(&self) -> bool {
+        matches!(self, CheckoutError::CircuitOpen { .. })
+    }
+}
+
+impl fmt::Display for CheckoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckoutError::Timeout {
+                pool,
+                waited,
+                snapshot: s,
+                last_error,
+            } => {
+                write!(
+                    f,
+                    "connection is not available in pool `{pool}`, request timed out after {}ms \
+                     (total={}, active={}, idle={}, waiting={}, max={})",
+                    waited.as_millis(),
+                    s.total,
+                    s.in_use,
+                    s.idle,
+                    s.waiting,
+                    s.max
+                )?;
+                if let Some(e) = last_error {
+                    write!(f, "; last connection error: {e}")?;
+                }
+                Ok(())
+            }
+            CheckoutError::CircuitOpen { pool, retry_after } => write!(
+                f,
+                "circuit breaker of pool `{pool}` is open after repeated database failures; \
+                 retry after {:.1}s",
+                retry_after.as_secs_f64()
+            ),
+        }
+    }
+}
+
+impl StdError for CheckoutError {}
+
+/// Why [`Pool::run`](crate::Pool::run) failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RunError<E> {
+    /// No connection could be checked out.
+    Checkout(CheckoutError),
+    /// The operation took longer than the breaker's operation timeout.
+    TimedOut(Duration),
+    /// The operation returned an error.
+    Operation(E),
+}
+
+impl<E: fmt::Display> fmt::Display for RunError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Checkout(e) => e.fmt(f),
+            RunError::TimedOut(after) => {
+                write!(
+                    f,
+                    "database operation timed out after {}ms",
+                    after.as_millis()
+                )
+            }
+            RunError::Operation(e) => write!(f, "database operation failed: {e}"),
+        }
+    }
+}
+
+impl<E: StdError + 'static> StdError for RunError<E> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            RunError::Checkout(e) => Some(e),
+            RunError::TimedOut(_) => None,
+            RunError::Operation(e) => Some(e),
+        }
+    }
+}
+
+/// Why a pool could not be built. Nothing is left running when this is returned.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The configuration breaks a rule.
+    Config(ConfigError),
+    /// The configuration has no `DATABASE_URL`, or one for another backend.
+    Url(String),
+    /// The driver rejected the connection settings.
+    Driver(Box<dyn StdError + Send + Sync>),
+    /// `build` was called outside a Tokio runtime.
+    NoRuntime,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::Config(e) => e.fmt(f),
+            BuildError::Url(why) => f.write_str(why),
+            BuildError::Driver(e) => write!(f, "the database driver rejected the settings: {e}"),
+            BuildError::NoRuntime => f.write_str("a pool must be built inside a Tokio runtime"),
+        }
+    }
+}
+
+impl StdError for BuildError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            BuildError::Config(e) => Some(e),
+            BuildError::Driver(e) => Some(&**e),
+            BuildError::Url(_) | BuildError::NoRuntime => None,
+        }
+    }
+}
+
+impl From<ConfigError> for BuildError {
+    fn from(e: ConfigError) -> Self {
+        BuildError::Config(e)
+    }
+}
+
+/// The error type of the connection manager the pool wraps around yours.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConnectError<E> {
+    /// The backend's own error.
+    Backend(E),
+    /// Opening the connection took longer than the connect timeout.
+    Timeout(Duration),
+    /// The breaker is open, so no connection was attempted.
+    CircuitOpen,
+    /// The connection was closed by the pool (lifetime, forced recycle, broken).
+    Retired,
+}
+
+impl<E: fmt::Debug> fmt::Display for ConnectError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Backend(e) => write!(f, "{e:?}"),
+            ConnectError::Timeout(d) => write!(f, "connect timed out after {}ms", d.as_millis()),
+            ConnectError::CircuitOpen => f.write_str("circuit breaker open; connect skipped"),
+            ConnectError::Retired => f.write_str("connection retired by the pool"),
+        }
+    }
+}
+
+impl<E: fmt::Debug> StdError for ConnectError<E> {}

@@ -1,0 +1,35 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod breaker;
+mod builder;
+mod config;
+mod connection;
+mod env;
+mod error;
+mod monitor;
+mod observer;
+mod pool;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+mod shared;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+mod stats;
+mod url;
+
+pub use bb8::ManageConnection;
+pub use breaker::{Admission, BreakerState, CircuitBreaker, Transition, TransitionReason};
+pub use builder::PoolBuilder;
+pub use config::{BreakerConfig, ConfigError, ConfigProblem, PoolConfig, Profile};
+pub use connection::PooledConnection;
+pub use env::parse_duration;
+pub use error::{BuildError, CheckoutError, ConnectError, PoolSnapshot, RunError};
+pub use observer::{CheckoutOutcome, CloseReason, PoolEvent, PoolObserver, UtilizationLevel};
+pub use pool::{Pool, RecycleReport};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresPool;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqlitePool;
+pub use stats::{BreakerStats, ClosedConnections, MonitorStatus, PoolStats};
+pub use url::{BackendKind, DatabaseUrl, UrlError};

@@ -1,0 +1,128 @@
+//! Background tasks: the utilization and health monitor, and the leak scanner.
+//!
+//! Both hold only weak references and stop when the pool is dropped.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bb8::ManageConnection;
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+
+use crate::observer::{CloseReason, PoolEvent};
+use crate::pool::PoolInner;
+use crate::shared::Shared;
+
+pub(crate) fn spawn<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
+    let period = inner.shared.config.health_interval;
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        let mut ticks = interval_at(Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(pool) = weak.upgrade() else { break };
+            tick(&pool).await;
+        }
+    });
+    if let Some(leaks) = &inner.shared.leaks {
+        let period = (leaks.threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+        let weak = Arc::downgrade(&inner.shared);
+        tokio::spawn(async move {
+            let mut ticks = interval_at(Instant::now() + period, period);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(shared) = weak.upgrade() else { break };
+                if shared.closing.load(Relaxed) {
+                    break;
+                }
+                scan_leaks(&shared);
+            }
+        });
+    }
+}
+
+/// One monitor tick: utilization level (with hysteresis) and, when the pool is idle, a
+/// health probe.
+async fn tick<M: ManageConnection>(pool: &PoolInner<M>) {
+    let shared = &pool.shared;
+    shared.counters.roll_wait_window();
+    let state = pool.bb8.state();
+    let in_use = state.connections - state.idle_connections;
+    let utilization = f64::from(in_use) / f64::from(shared.config.max_size().max(1));
+    let current = shared.level();
+    let next = shared.level_for(utilization, current);
+    if next != current {
+        shared.set_level(current, next, utilization);
+    }
+    let idle_pool =
+        in_use == 0 && state.idle_connections > 0 && shared.counters.pending.load(Relaxed) == 0;
+    if idle_pool && shared.connect_allowed() {
+        probe(pool).await;
+    }
+}
+
+/// Checks out an idle connection and pings it, bypassing the alive window; the outcome is
+/// counted and fed to the breaker like any validation.
+async fn probe<M: ManageConnection>(pool: &PoolInner<M>) {
+    let shared = &pool.shared;
+    let limit = shared.config.connect_timeout;
+    let Ok(Ok(mut conn)) = tokio::time::timeout(limit, pool.bb8.get()).await else {
+        return;
+    };
+    let ok = match tokio::time::timeout(limit, pool.manager.is_valid(&mut conn.conn)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            shared.set_last_error(&(pool.describe)(&e));
+            false
+        }
+        Err(_) => {
+            shared.set_last_error(&format!(
+                "health probe timed out after {}ms",
+                limit.as_millis()
+            ));
+            false
+        }
+    };
+    if ok {
+        shared.counters.health_ok.fetch_add(1, Relaxed);
+        shared.record_success();
+    } else {
+        shared.counters.health_failed.fetch_add(1, Relaxed);
+        conn.close = Some(CloseReason::Invalid);
+        tracing::warn!(pool = %shared.name, "health probe failed");
+        shared.record_validation_failure();
+    }
+    shared.emit(&PoolEvent::HealthCheck { ok });
+}
+
+fn scan_leaks(shared: &Shared) {
+    let Some(leaks) = &shared.leaks else { return };
+    let now = Instant::now();
+    let mut found = Vec::new();
+    for entry in leaks.entries.lock().values_mut() {
+        let held = now.duration_since(entry.since);
+        if !entry.reported && held >= leaks.threshold {
+            entry.reported = true;
+            found.push((held, entry.location, entry.span.clone()));
+        }
+    }
+    // Reported outside the registry lock: observers may take their time.
+    for (held, location, span) in found {
+        shared.counters.leaks.fetch_add(1, Relaxed);
+        tracing::warn!(
+            parent: &span,
+            pool = %shared.name,
+            held_ms = held.as_millis() as u64,
+            threshold_ms = leaks.threshold.as_millis() as u64,
+            checked_out_at = %location,
+            "connection held longer than the leak threshold; possible leak"
+        );
+        shared.emit(&PoolEvent::LeakSuspected {
+            held,
+            location,
+            span: &span,
+        });
+    }
+}

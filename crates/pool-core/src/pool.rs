@@ -1,0 +1,452 @@
+//! The pool handle: checkout, `run`, stats, recycling and breaker administration.
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::panic::Location;
+use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bb8::ManageConnection;
+use tokio::time::Instant;
+
+use crate::breaker::BreakerState;
+use crate::builder::PoolBuilder;
+use crate::connection::{Managed, PooledConnection};
+use crate::error::{CheckoutError, PoolSnapshot, RunError};
+use crate::observer::{CheckoutOutcome, CloseReason, PoolEvent};
+use crate::shared::Shared;
+use crate::stats::{BreakerStats, MonitorStatus, PoolStats};
+
+pub(crate) type Classify<E> = Arc<dyn Fn(&E) -> bool + Send + Sync>;
+
+/// A connection pool: bb8 underneath, with SQLAlchemy-style sizing, a circuit breaker,
+/// recycling, leak detection, a utilization monitor and complete stats.
+///
+/// Cheap to clone: clones share one pool. The background monitor stops when the last clone
+/// is dropped.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use pool_core::{PoolBuilder, PoolConfig};
+///
+/// let pool = PoolBuilder::postgres()
+///     .config(PoolConfig::from_env()?)
+///     .build_postgres()?;
+/// let conn = pool.get().await?;
+/// let row = conn.query_one("select 1::int4", &[]).await?;
+/// assert_eq!(row.get::<_, i32>(0), 1);
+/// # Ok(()) }
+/// ```
+pub struct Pool<M: ManageConnection> {
+    pub(crate) inner: Arc<PoolInner<M>>,
+}
+
+pub(crate) struct PoolInner<M: ManageConnection> {
+    pub(crate) bb8: bb8::Pool<Managed<M>>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) manager: Arc<M>,
+    pub(crate) classify: Classify<M::Error>,
+    pub(crate) describe: fn(&M::Error) -> String,
+}
+
+impl<M: ManageConnection> Drop for PoolInner<M> {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Relaxed);
+        self.shared
+            .monitor_status
+            .store(MonitorStatus::Stopped as u8, Relaxed);
+    }
+}
+
+impl<M: ManageConnection> Clone for Pool<M> {
+    fn clone(&self) -> Self {
+        Pool {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<M: ManageConnection> fmt::Debug for Pool<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.inner.bb8.state();
+        f.debug_struct("Pool")
+            .field("name", &self.inner.shared.name)
+            .field("backend", &self.inner.shared.backend)
+            .field("size", &state.connections)
+            .field("idle", &state.idle_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Pool::force_recycle`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecycleReport {
+    /// Idle connections closed at once.
+    pub idle_closed: u64,
+    /// Checked-out connections that will be closed when returned.
+    pub checked_out: u64,
+}
+
+impl<M: ManageConnection> Pool<M> {
+    /// A builder with the development profile's defaults.
+    pub fn builder() -> PoolBuilder<M> {
+        PoolBuilder::new()
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.inner.shared.name
+    }
+
+    /// The configuration the pool was built with.
+    pub fn config(&self) -> &crate::PoolConfig {
+        &self.inner.shared.config
+    }
+
+    /// Checks out a connection, waiting in a FIFO queue up to the checkout timeout.
+    ///
+    /// Fails at once with [`CheckoutError::CircuitOpen`] while the breaker is open, and
+    /// waiting checkouts fail the moment it opens. Dropping the future at any point leaves
+    /// nothing behind: no slot is leaked and the pending count falls.
+    ///
+    /// The caller's location is recorded for leak reports.
+    ///
+    /// # Errors
+    ///
+    /// [`CheckoutError::Timeout`] (with the pool's state and the last connection error) or
+    /// [`CheckoutError::CircuitOpen`] (with `retry_after`).
+    #[track_caller]
+    pub fn get(
+        &self,
+    ) -> impl Future<Output = Result<PooledConnection<M>, CheckoutError>> + Send + '_ {
+        let location = Location::caller();
+        self.checkout(location)
+    }
+
+    async fn checkout(
+        &self,
+        location: &'static Location<'static>,
+    ) -> Result<PooledConnection<M>, CheckoutError> {
+        let shared = &self.inner.shared;
+        let probe = shared.admit()?;
+        let start = Instant::now();
+        let mut waiting = Waiting::new(shared, probe);
+
+        let mut get = pin!(self.inner.bb8.get_owned());
+        // The common case, an idle connection, completes on the first poll without touching
+        // the breaker's notifier.
+        let first = poll_fn(|cx| match get.as_mut().poll(cx) {
+            Poll::Ready(result) => Poll::Ready(Some(result)),
+            Poll::Pending => Poll::Ready(None),
+        });
+        let (result, direct) = match first.await {
+            Some(result) => (result, true),
+            None => {
+                let counters = &shared.counters;
+                let in_use = counters.in_use.load(Relaxed);
+                if in_use >= u64::from(shared.config.max_size())
+                    && counters.exhausted.swap(1, Relaxed) == 0
+                {
+                    counters.exhaustion_episodes.fetch_add(1, Relaxed);
+                }
+                loop {
+                    let opened = shared.breaker_changed.notified();
+                    if !probe {
+                        if let Some(retry_after) = shared.open_retry_after() {
+                            return Err(shared.reject(retry_after));
+                        }
+                    }
+                    tokio::select! {
+                        biased;
+                        result = &mut get => break (result, false),
+                        () = opened => continue,
+                    }
+                }
+            }
+        };
+        let waited = start.elapsed();
+        let counters = &shared.counters;
+        match result {
+            Ok(conn) => {
+                waiting.done(true);
+                let in_use = counters.in_use.fetch_add(1, Relaxed) + 1;
+                if direct {
+                    counters.checkouts_direct.fetch_add(1, Relaxed);
+                } else {
+                    counters.checkouts_waited.fetch_add(1, Relaxed);
+                    counters.record_wait(waited);
+                }
+                shared.check_rise(in_use);
+                if shared.has_observers() {
+                    shared.emit(&PoolEvent::Checkout {
+                        waited,
+                        outcome: CheckoutOutcome::Ok,
+                    });
+                }
+                let now = Instant::now();
+                let leak_id = shared.leaks.as_ref().map(|l| l.register(location, now));
+                Ok(PooledConnection::new(conn, shared.clone(), now, leak_id))
+            }
+            Err(e) => {
+                waiting.done(false);
+                counters.timeouts.fetch_add(1, Relaxed);
+                counters.record_wait(waited);
+                let last_error = match e {
+                    bb8::RunError::User(e) => Some(shared.scrub(&e.to_string())),
+                    bb8::RunError::TimedOut => shared.last_error(),
+                };
+                shared.emit(&PoolEvent::Checkout {
+                    waited,
+                    outcome: CheckoutOutcome::Timeout,
+                });
+                let state = self.inner.bb8.state();
+                let snapshot = PoolSnapshot {
+                    total: state.connections,
+                    in_use: state.connections - state.idle_connections,
+                    idle: state.idle_connections,
+                    waiting: counters.pending.load(Relaxed),
+                    max: shared.config.max_size(),
+                };
+                tracing::warn!(
+                    pool = %shared.name,
+                    waited_ms = waited.as_millis() as u64,
+                    total = snapshot.total,
+                    in_use = snapshot.in_use,
+                    idle = snapshot.idle,
+                    waiting = snapshot.waiting,
+                    "checkout timed out"
+                );
+                Err(CheckoutError::Timeout {
+                    pool: shared.name.clone(),
+                    waited,
+                    snapshot,
+                    last_error,
+                })
+            }
+        }
+    }
+
+    /// Checks out a connection, runs `op` on it within the breaker's operation timeout, and
+    /// reports the outcome to the breaker: connection-class errors and timeouts count as
+    /// failures (and the connection is closed rather than reused); other errors, such as a
+    /// unique violation, do not.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: pool_core::PostgresPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let n: i64 = pool
+    ///     .run(|conn| Box::pin(async move {
+    ///         conn.query_one("select count(*) from orders", &[]).await.map(|r| r.get(0))
+    ///     }))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::Checkout`], [`RunError::TimedOut`] or [`RunError::Operation`].
+    #[track_caller]
+    pub fn run<'p, T, F>(
+        &'p self,
+        op: F,
+    ) -> impl Future<Output = Result<T, RunError<M::Error>>> + Send + 'p
+    where
+        T: Send + 'p,
+        F: for<'c> FnOnce(
+                &'c mut M::Connection,
+            )
+                -> Pin<Box<dyn Future<Output = Result<T, M::Error>> + Send + 'c>>
+            + Send
+            + 'p,
+    {
+        let location = Location::caller();
+        async move {
+            let mut conn = self.checkout(location).await.map_err(RunError::Checkout)?;
+            let limit = self.inner.shared.config.breaker.operation_timeout;
+            let outcome = tokio::time::timeout(limit, op(&mut conn)).await;
+            match outcome {
+                Ok(Ok(value)) => {
+                    self.inner.shared.record_success();
+                    Ok(value)
+                }
+                Ok(Err(e)) => {
+                    if (self.inner.classify)(&e) {
+                        conn.report_connection_failure(&(self.inner.describe)(&e));
+                    }
+                    Err(RunError::Operation(e))
+                }
+                Err(_) => {
+                    conn.report_connection_failure(&format!(
+                        "operation timed out after {}ms",
+                        limit.as_millis()
+                    ));
+                    Err(RunError::TimedOut(limit))
+                }
+            }
+        }
+    }
+
+    /// Tells the breaker about an error an operation got on a pooled connection. A
+    /// connection-class error counts as a failure and the connection is closed on return;
+    /// returns whether it counted.
+    pub fn report_error(&self, conn: &mut PooledConnection<M>, error: &M::Error) -> bool {
+        let counts = (self.inner.classify)(error);
+        if counts {
+            conn.report_connection_failure(&(self.inner.describe)(error));
+        }
+        counts
+    }
+
+    /// Whether `error` is a connection-class error (counts toward the breaker).
+    pub fn is_connection_error(&self, error: &M::Error) -> bool {
+        (self.inner.classify)(error)
+    }
+
+    /// Closes every idle connection now and every checked-out one when it is returned (after
+    /// a failover or a credential rotation). The pool then re-opens up to its base size.
+    pub fn force_recycle(&self) -> RecycleReport {
+        let shared = &self.inner.shared;
+        let closed_before = shared.counters.closed[CloseReason::Forced.index()].load(Relaxed);
+        shared.generation.fetch_add(1, Relaxed);
+        let checked_out = shared.counters.in_use.load(Relaxed);
+        // One poll of a checkout drains the idle queue: every stale connection is rejected by
+        // `is_valid` before its first await, so bb8 drops them one after another within this
+        // poll. What it yields (a connection or a wait) is dropped and goes back.
+        {
+            let mut get = pin!(self.inner.bb8.get());
+            let mut cx = Context::from_waker(Waker::noop());
+            let _ = get.as_mut().poll(&mut cx);
+        }
+        let idle_closed =
+            shared.counters.closed[CloseReason::Forced.index()].load(Relaxed) - closed_before;
+        tracing::warn!(
+            pool = %shared.name,
+            idle_closed,
+            checked_out,
+            "forced recycle: idle connections closed, checked-out ones close on return"
+        );
+        shared.emit(&PoolEvent::ForcedRecycle {
+            idle_closed,
+            checked_out,
+        });
+        RecycleReport {
+            idle_closed,
+            checked_out,
+        }
+    }
+
+    /// The breaker's current state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.shared.breaker_state()
+    }
+
+    /// Opens the breaker until [`Pool::reset_breaker`] (maintenance windows, drills).
+    pub fn force_open_breaker(&self) {
+        self.inner.shared.with_breaker(|b| b.force_open());
+    }
+
+    /// Closes the breaker and clears its counts.
+    pub fn reset_breaker(&self) {
+        self.inner.shared.with_breaker(|b| b.reset());
+    }
+
+    /// Turns the breaker off; [`Pool::reset_breaker`] turns it on again.
+    pub fn disable_breaker(&self) {
+        self.inner.shared.with_breaker(|b| b.disable());
+    }
+
+    /// A consistent snapshot of the pool.
+    pub fn stats(&self) -> PoolStats {
+        let shared = &self.inner.shared;
+        let c = &shared.counters;
+        let state = self.inner.bb8.state();
+        let config = &shared.config;
+        let max = config.max_size();
+        let in_use = state.connections - state.idle_connections;
+        let pending = c.pending.load(Relaxed);
+        let (breaker_state, failures, transitions, rejected, until) = shared.breaker_snapshot();
+        let leaks_outstanding = shared.leaks.as_ref().map_or(0, |l| {
+            l.entries.lock().values().filter(|e| e.reported).count() as u64
+        });
+        PoolStats {
+            name: shared.name.to_string(),
+            backend: shared.backend.clone(),
+            max_size: max,
+            base_size: config.base_size,
+            max_overflow: config.max_overflow,
+            size: state.connections,
+            in_use,
+            idle: state.idle_connections,
+            overflow_in_use: state.connections.saturating_sub(config.base_size),
+            pending,
+            utilization: f64::from(in_use) / f64::from(max.max(1)),
+            utilization_level: shared.level(),
+            exhausted: in_use >= max && pending > 0,
+            exhaustion_episodes: c.exhaustion_episodes.load(Relaxed),
+            checkouts_direct: c.checkouts_direct.load(Relaxed),
+            checkouts_waited: c.checkouts_waited.load(Relaxed),
+            checkout_timeouts: c.timeouts.load(Relaxed),
+            checkouts_rejected: c.rejected.load(Relaxed),
+            wait_time_total: Duration::from_micros(c.wait_total_us.load(Relaxed)),
+            wait_time_max_recent: c.wait_max_recent(),
+            connections_created: c.created.load(Relaxed),
+            connection_failures: c.create_failures.load(Relaxed),
+            connections_closed: c.closed(),
+            health_checks_ok: c.health_ok.load(Relaxed),
+            health_checks_failed: c.health_failed.load(Relaxed),
+            leaks_suspected: c.leaks.load(Relaxed),
+            leaks_outstanding,
+            breaker: BreakerStats {
+                state: breaker_state,
+                consecutive_failures: failures,
+                transitions,
+                opened: c.breaker_opened.load(Relaxed),
+                rejected,
+                time_until_half_open: until,
+            },
+            last_error: shared.last_error(),
+            monitor: MonitorStatus::from_u8(shared.monitor_status.load(Relaxed)),
+        }
+    }
+}
+
+/// Counts a checkout as pending while it waits; if the future is dropped mid-wait the count
+/// still falls and a half-open probe slot is given back.
+struct Waiting<'a> {
+    shared: &'a Shared,
+    probe: bool,
+    finished: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(shared: &'a Shared, probe: bool) -> Self {
+        shared.counters.pending.fetch_add(1, Relaxed);
+        Waiting {
+            shared,
+            probe,
+            finished: false,
+        }
+    }
+
+    fn done(&mut self, success: bool) {
+        self.finished = true;
+        self.shared.counters.pending.fetch_sub(1, Relaxed);
+        if self.probe {
+            self.shared.probe_finished(success);
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.shared.counters.pending.fetch_sub(1, Relaxed);
+            if self.probe {
+                self.shared.probe_finished(false);
+            }
+        }
+    }
+}

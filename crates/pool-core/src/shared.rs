@@ -1,0 +1,395 @@
+//! State shared by the pool handle, its connections, the wrapped manager and the background
+//! tasks: counters, the breaker, the observers, the leak registry.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe, Location};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::breaker::{Admission, BreakerState, CircuitBreaker, Transition};
+use crate::config::PoolConfig;
+use crate::error::CheckoutError;
+use crate::observer::{CheckoutOutcome, PoolEvent, PoolObserver, UtilizationLevel};
+use crate::stats::Counters;
+use crate::url::DatabaseUrl;
+
+/// How far utilization must fall below a threshold before the level drops again, so a pool
+/// hovering at the threshold does not report every tick.
+pub(crate) const HYSTERESIS: f64 = 0.05;
+
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    pub(crate) backend: String,
+    pub(crate) config: PoolConfig,
+    pub(crate) counters: Counters,
+    breaker: Mutex<CircuitBreaker>,
+    /// Mirror of the breaker's state and failure count, so the closed fast path takes no lock.
+    breaker_state: AtomicU8,
+    breaker_failures: AtomicU32,
+    /// Woken on every breaker transition: waiting checkouts fail fast when it opens.
+    pub(crate) breaker_changed: Notify,
+    /// Set by a failed ping, cleared by the next connect attempt: a run of dead pooled
+    /// connections (a database restart kills them all at once) counts as one failure; the
+    /// reconnect that follows is what judges the database.
+    validation_failure_counted: AtomicBool,
+    observers: Vec<Arc<dyn PoolObserver>>,
+    last_error: Mutex<Option<String>>,
+    pub(crate) generation: AtomicU64,
+    level: AtomicU8,
+    pub(crate) monitor_status: AtomicU8,
+    pub(crate) closing: AtomicBool,
+    pub(crate) leaks: Option<LeakRegistry>,
+    url: Option<DatabaseUrl>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct LeakRegistry {
+    pub(crate) threshold: Duration,
+    next_id: AtomicU64,
+    pub(crate) entries: Mutex<HashMap<u64, LeakEntry>>,
+}
+
+pub(crate) struct LeakEntry {
+    pub(crate) since: Instant,
+    pub(crate) location: &'static Location<'static>,
+    pub(crate) span: tracing::Span,
+    pub(crate) reported: bool,
+}
+
+impl LeakRegistry {
+    pub(crate) fn register(&self, location: &'static Location<'static>, since: Instant) -> u64 {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let entry = LeakEntry {
+            since,
+            location,
+            span: tracing::Span::current(),
+            reported: false,
+        };
+        self.entries.lock().insert(id, entry);
+        id
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(
+        name: String,
+        backend: String,
+        config: PoolConfig,
+        observers: Vec<Arc<dyn PoolObserver>>,
+    ) -> Self {
+        let breaker = CircuitBreaker::new(config.breaker.clone());
+        let leaks = config.leak_threshold.map(|threshold| LeakRegistry {
+            threshold,
+            next_id: AtomicU64::new(0),
+            entries: Mutex::new(HashMap::new()),
+        });
+        Shared {
+            name: name.into(),
+            backend,
+            url: config.database_url.clone(),
+            breaker_state: AtomicU8::new(breaker.state().to_u8()),
+            breaker: Mutex::new(breaker),
+            breaker_failures: AtomicU32::new(0),
+            breaker_changed: Notify::new(),
+            validation_failure_counted: AtomicBool::new(false),
+            config,
+            counters: Counters::default(),
+            observers,
+            last_error: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            level: AtomicU8::new(0),
+            monitor_status: AtomicU8::new(0),
+            closing: AtomicBool::new(false),
+            leaks,
+        }
+    }
+
+    /// Hands `event` to every observer; a panicking observer is logged, never propagated.
+    pub(crate) fn emit(&self, event: &PoolEvent<'_>) {
+        for observer in &self.observers {
+            if catch_unwind(AssertUnwindSafe(|| observer.on_event(&self.name, event))).is_err() {
+                tracing::error!(pool = %self.name, "a pool observer panicked; event dropped");
+            }
+        }
+    }
+
+    pub(crate) fn has_observers(&self) -> bool {
+        !self.observers.is_empty()
+    }
+
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        match &self.url {
+            Some(url) => url.scrub(text),
+            None => text.to_owned(),
+        }
+    }
+
+    pub(crate) fn set_last_error(&self, text: &str) {
+        *self.last_error.lock() = Some(self.scrub(text));
+    }
+
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
+    }
+
+    pub(crate) fn breaker_state(&self) -> BreakerState {
+        BreakerState::from_u8(self.breaker_state.load(Relaxed))
+    }
+
+    /// Asks the breaker whether a checkout may proceed. `Ok(true)` means it is a half-open
+    /// probe whose outcome must be reported.
+    pub(crate) fn admit(&self) -> Result<bool, CheckoutError> {
+        if matches!(
+            self.breaker_state(),
+            BreakerState::Closed | BreakerState::Disabled
+        ) {
+            return Ok(false);
+        }
+        let (admission, transition) = self.breaker.lock().admit(Instant::now().into_std());
+        if let Some(t) = transition {
+            self.on_transition(t);
+        }
+        match admission {
+            Admission::Allowed => Ok(false),
+            Admission::Probe => Ok(true),
+            Admission::Rejected { retry_after } => Err(self.reject(retry_after)),
+        }
+    }
+
+    /// A checkout turned away: counted, reported, returned as the error.
+    pub(crate) fn reject(&self, retry_after: Duration) -> CheckoutError {
+        self.counters.rejected.fetch_add(1, Relaxed);
+        self.emit(&PoolEvent::Checkout {
+            waited: Duration::ZERO,
+            outcome: CheckoutOutcome::CircuitOpen,
+        });
+        CheckoutError::CircuitOpen {
+            pool: self.name.clone(),
+            retry_after,
+        }
+    }
+
+    /// While open, waiting checkouts give up at once: nothing will come for them.
+    pub(crate) fn open_retry_after(&self) -> Option<Duration> {
+        match self.breaker_state() {
+            BreakerState::Open | BreakerState::ForcedOpen => {
+                let breaker = self.breaker.lock();
+                Some(
+                    breaker
+                        .time_until_half_open(Instant::now().into_std())
+                        .unwrap_or(self.config.breaker.recovery_timeout),
+                )
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a connect may be attempted (not while open).
+    pub(crate) fn connect_allowed(&self) -> bool {
+        !matches!(
+            self.breaker_state(),
+            BreakerState::Open | BreakerState::ForcedOpen
+        )
+    }
+
+    pub(crate) fn record_success(&self) {
+        if self.breaker_failures.load(Relaxed) == 0 {
+            return;
+        }
+        let mut breaker = self.breaker.lock();
+        breaker.on_success();
+        self.breaker_failures
+            .store(breaker.consecutive_failures(), Relaxed);
+    }
+
+    pub(crate) fn record_failure(&self) {
+        let transition = {
+            let mut breaker = self.breaker.lock();
+            let t = breaker.on_failure(Instant::now().into_std());
+            self.breaker_failures
+                .store(breaker.consecutive_failures(), Relaxed);
+            t
+        };
+        if let Some(t) = transition {
+            self.on_transition(t);
+        }
+    }
+
+    /// Called after every connect attempt, whatever its outcome.
+    pub(crate) fn connect_attempted(&self) {
+        self.validation_failure_counted.store(false, Relaxed);
+    }
+
+    pub(crate) fn record_validation_failure(&self) {
+        if !self.validation_failure_counted.swap(true, Relaxed) {
+            self.record_failure();
+        }
+    }
+
+    pub(crate) fn probe_finished(&self, success: bool) {
+        let now = Instant::now().into_std();
+        let transition = {
+            let mut breaker = self.breaker.lock();
+            let t = if success {
+                breaker.on_probe_success(now)
+            } else {
+                breaker.probe_abandoned();
+                None
+            };
+            self.breaker_failures
+                .store(breaker.consecutive_failures(), Relaxed);
+            t
+        };
+        if let Some(t) = transition {
+            self.on_transition(t);
+        }
+    }
+
+    /// Runs an admin action on the breaker and publishes its transition.
+    pub(crate) fn with_breaker(&self, f: impl FnOnce(&mut CircuitBreaker) -> Option<Transition>) {
+        let transition = {
+            let mut breaker = self.breaker.lock();
+            let t = f(&mut breaker);
+            self.breaker_failures
+                .store(breaker.consecutive_failures(), Relaxed);
+            t
+        };
+        if let Some(t) = transition {
+            self.on_transition(t);
+        }
+    }
+
+    pub(crate) fn breaker_snapshot(&self) -> (BreakerState, u32, u64, u64, Option<Duration>) {
+        let breaker = self.breaker.lock();
+        (
+            breaker.state(),
+            breaker.consecutive_failures(),
+            breaker.transitions(),
+            breaker.rejected(),
+            breaker.time_until_half_open(Instant::now().into_std()),
+        )
+    }
+
+    fn on_transition(&self, t: Transition) {
+        self.breaker_state.store(t.to.to_u8(), Relaxed);
+        if t.to == BreakerState::Open {
+            self.counters.breaker_opened.fetch_add(1, Relaxed);
+        }
+        match t.to {
+            BreakerState::Open | BreakerState::ForcedOpen => tracing::error!(
+                pool = %self.name,
+                from = t.from.as_str(),
+                to = t.to.as_str(),
+                reason = t.reason.as_str(),
+                consecutive_failures = t.consecutive_failures,
+                recovery_timeout_s = self.config.breaker.recovery_timeout.as_secs_f64(),
+                "circuit breaker opened: checkouts fail fast until the database recovers"
+            ),
+            _ => tracing::warn!(
+                pool = %self.name,
+                from = t.from.as_str(),
+                to = t.to.as_str(),
+                reason = t.reason.as_str(),
+                consecutive_failures = t.consecutive_failures,
+                "circuit breaker changed state"
+            ),
+        }
+        self.emit(&PoolEvent::BreakerTransition(t));
+        self.breaker_changed.notify_waiters();
+    }
+
+    pub(crate) fn level(&self) -> UtilizationLevel {
+        UtilizationLevel::from_u8(self.level.load(Relaxed))
+    }
+
+    /// The level for `utilization`, given the current one: rising takes the threshold,
+    /// falling takes the threshold minus [`HYSTERESIS`].
+    pub(crate) fn level_for(
+        &self,
+        utilization: f64,
+        current: UtilizationLevel,
+    ) -> UtilizationLevel {
+        let (warn, critical) = (
+            self.config.warn_utilization,
+            self.config.critical_utilization,
+        );
+        let band = |threshold: f64, level: UtilizationLevel| {
+            if current >= level {
+                threshold - HYSTERESIS
+            } else {
+                threshold
+            }
+        };
+        if utilization >= band(critical, UtilizationLevel::Critical) {
+            UtilizationLevel::Critical
+        } else if utilization >= band(warn, UtilizationLevel::Warning) {
+            UtilizationLevel::Warning
+        } else {
+            UtilizationLevel::Normal
+        }
+    }
+
+    /// On checkout: only a rise is reported, so a spike between monitor ticks is not missed;
+    /// the monitor reports the fall.
+    pub(crate) fn check_rise(&self, in_use: u64) {
+        let max = self.config.max_size().max(1);
+        let utilization = in_use as f64 / f64::from(max);
+        if utilization < self.config.warn_utilization {
+            return;
+        }
+        let current = self.level();
+        let next = self.level_for(utilization, current);
+        if next > current {
+            self.set_level(current, next, utilization);
+        }
+    }
+
+    pub(crate) fn set_level(&self, from: UtilizationLevel, to: UtilizationLevel, utilization: f64) {
+        if self
+            .level
+            .compare_exchange(from as u8, to as u8, Relaxed, Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let pct = utilization * 100.0;
+        match to {
+            UtilizationLevel::Critical => tracing::error!(
+                pool = %self.name,
+                utilization = pct,
+                threshold = self.config.critical_utilization * 100.0,
+                "connection pool utilization is critical"
+            ),
+            UtilizationLevel::Warning if from < to => tracing::warn!(
+                pool = %self.name,
+                utilization = pct,
+                threshold = self.config.warn_utilization * 100.0,
+                "connection pool utilization is high"
+            ),
+            _ => tracing::info!(
+                pool = %self.name,
+                utilization = pct,
+                level = to.as_str(),
+                "connection pool utilization recovered"
+            ),
+        }
+        self.emit(&PoolEvent::UtilizationChanged {
+            from,
+            to,
+            utilization,
+        });
+    }
+}

@@ -1,0 +1,232 @@
+//! One consistent snapshot of everything the pool knows about itself.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::breaker::BreakerState;
+use crate::observer::{CloseReason, UtilizationLevel};
+
+/// A snapshot of a pool, from [`Pool::stats`](crate::Pool::stats).
+///
+/// Gauges (`size`, `in_use`, `idle`) come from one read of the pool's own state, so
+/// `size == in_use + idle` always holds. Counters only grow. With the `serde` feature the
+/// snapshot serializes to JSON (durations as seconds).
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// The pool's name.
+    pub name: String,
+    /// `postgresql`, `sqlite`, or what a custom manager was given.
+    pub backend: String,
+    /// `base_size + max_overflow`.
+    pub max_size: u32,
+    /// Connections kept warm.
+    pub base_size: u32,
+    /// Connections allowed above the base.
+    pub max_overflow: u32,
+    /// Connections open now (in use + idle).
+    pub size: u32,
+    /// Connections checked out now.
+    pub in_use: u32,
+    /// Connections idle in the pool now.
+    pub idle: u32,
+    /// Open connections above the base size.
+    pub overflow_in_use: u32,
+    /// Checkouts waiting now.
+    pub pending: u64,
+    /// `in_use / max_size`, from 0 to 1.
+    pub utilization: f64,
+    /// The monitor's current level.
+    pub utilization_level: UtilizationLevel,
+    /// Every connection in use and checkouts waiting.
+    pub exhausted: bool,
+    /// How many times the pool became exhausted.
+    pub exhaustion_episodes: u64,
+    /// Checkouts served without waiting.
+    pub checkouts_direct: u64,
+    /// Checkouts served after waiting for a connection.
+    pub checkouts_waited: u64,
+    /// Checkouts that hit the checkout timeout.
+    pub checkout_timeouts: u64,
+    /// Checkouts turned away by the circuit breaker.
+    pub checkouts_rejected: u64,
+    /// Total time checkouts spent waiting, in seconds.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "secs"))]
+    pub wait_time_total: Duration,
+    /// The longest wait in the current and the previous monitor interval, in seconds.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "secs"))]
+    pub wait_time_max_recent: Duration,
+    /// Connections opened.
+    pub connections_created: u64,
+    /// Connection attempts that failed (errors and connect timeouts).
+    pub connection_failures: u64,
+    /// Connections closed, by reason.
+    pub connections_closed: ClosedConnections,
+    /// Idle health probes that worked.
+    pub health_checks_ok: u64,
+    /// Idle health probes that failed.
+    pub health_checks_failed: u64,
+    /// Connections held past the leak threshold so far.
+    pub leaks_suspected: u64,
+    /// Connections held past the leak threshold right now.
+    pub leaks_outstanding: u64,
+    /// The circuit breaker.
+    pub breaker: BreakerStats,
+    /// The last connect or ping error, passwords hidden.
+    pub last_error: Option<String>,
+    /// The background monitor task.
+    pub monitor: MonitorStatus,
+}
+
+/// Closed connections by [`CloseReason`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct ClosedConnections {
+    /// Older than the maximum lifetime.
+    pub max_lifetime: u64,
+    /// Idle longer than the idle timeout.
+    pub idle_timeout: u64,
+    /// Returned while the base was already idle.
+    pub overflow: u64,
+    /// Found broken.
+    pub broken: u64,
+    /// Failed the pre-ping.
+    pub invalid: u64,
+    /// Closed by `force_recycle`.
+    pub forced: u64,
+}
+
+impl ClosedConnections {
+    /// The count for one reason.
+    pub fn get(&self, reason: CloseReason) -> u64 {
+        match reason {
+            CloseReason::MaxLifetime => self.max_lifetime,
+            CloseReason::IdleTimeout => self.idle_timeout,
+            CloseReason::Overflow => self.overflow,
+            CloseReason::Broken => self.broken,
+            CloseReason::Invalid => self.invalid,
+            CloseReason::Forced => self.forced,
+        }
+    }
+
+    /// All reasons added up.
+    pub fn total(&self) -> u64 {
+        CloseReason::ALL.iter().map(|r| self.get(*r)).sum()
+    }
+}
+
+/// The circuit breaker's part of [`PoolStats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct BreakerStats {
+    /// The current state.
+    pub state: BreakerState,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// State changes so far.
+    pub transitions: u64,
+    /// How many times it opened (from closed or half-open).
+    pub opened: u64,
+    /// Calls turned away.
+    pub rejected: u64,
+    /// Time until it admits probes, in seconds; `None` unless open.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "opt_secs"))]
+    pub time_until_half_open: Option<Duration>,
+}
+
+/// What the background monitor is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum MonitorStatus {
+    /// Not started yet.
+    NotStarted,
+    /// Running.
+    Running,
+    /// Stopped (the pool is shutting down).
+    Stopped,
+}
+
+impl MonitorStatus {
+    pub(crate) fn from_u8(v: u8) -> Self {
+        match v {
+            1 => MonitorStatus::Running,
+            2 => MonitorStatus::Stopped,
+            _ => MonitorStatus::NotStarted,
+        }
+    }
+}
+
+#[cfg(feature = "serde")]
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+#[cfg(feature = "serde")]
+fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+/// The counters behind [`PoolStats`]; relaxed atomics, bumped on the hot path.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) checkouts_direct: AtomicU64,
+    pub(crate) checkouts_waited: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) wait_total_us: AtomicU64,
+    pub(crate) wait_max_us: AtomicU64,
+    pub(crate) wait_max_prev_us: AtomicU64,
+    pub(crate) pending: AtomicU64,
+    pub(crate) in_use: AtomicU64,
+    pub(crate) open: AtomicU64,
+    pub(crate) created: AtomicU64,
+    pub(crate) create_failures: AtomicU64,
+    pub(crate) closed: [AtomicU64; 6],
+    pub(crate) health_ok: AtomicU64,
+    pub(crate) health_failed: AtomicU64,
+    pub(crate) leaks: AtomicU64,
+    pub(crate) exhaustion_episodes: AtomicU64,
+    pub(crate) exhausted: AtomicU8,
+    pub(crate) breaker_opened: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn record_wait(&self, waited: Duration) {
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.wait_total_us.fetch_add(us, Relaxed);
+        self.wait_max_us.fetch_max(us, Relaxed);
+    }
+
+    /// Starts a new "recent" window for the max wait (called by the monitor each tick).
+    pub(crate) fn roll_wait_window(&self) {
+        let current = self.wait_max_us.swap(0, Relaxed);
+        self.wait_max_prev_us.store(current, Relaxed);
+    }
+
+    pub(crate) fn closed(&self) -> ClosedConnections {
+        let get = |r: CloseReason| self.closed[r.index()].load(Relaxed);
+        ClosedConnections {
+            max_lifetime: get(CloseReason::MaxLifetime),
+            idle_timeout: get(CloseReason::IdleTimeout),
+            overflow: get(CloseReason::Overflow),
+            broken: get(CloseReason::Broken),
+            invalid: get(CloseReason::Invalid),
+            forced: get(CloseReason::Forced),
+        }
+    }
+
+    pub(crate) fn wait_max_recent(&self) -> Duration {
+        let us = self
+            .wait_max_us
+            .load(Relaxed)
+            .max(self.wait_max_prev_us.load(Relaxed));
+        Duration::from_micros(us)
+    }
+}
