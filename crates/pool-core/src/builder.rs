@@ -161,6 +161,12 @@ impl<M: ManageConnection> PoolBuilder<M> {
         self
     }
 
+    /// Skip the ping for connections used within this window. Defaults to 500 ms.
+    pub fn validation_bypass(mut self, d: Duration) -> Self {
+        self.config.validation_bypass = d;
+        self
+    }
+
     /// Close connections idle this long. Defaults to `None`.
     pub fn idle_timeout(mut self, d: impl Into<Option<Duration>>) -> Self {
         self.config.idle_timeout = d.into();

@@ -113,6 +113,10 @@ pub struct PoolConfig {
     /// Ping a connection before handing it out, unless it was used within the last 500 ms
     /// (`DB_POOL_PRE_PING`). Defaults to `true`.
     pub pre_ping: bool,
+    /// A connection returned this recently is handed out without a ping (HikariCP's
+    /// alive-bypass window), so a busy pool pays no round trip per checkout. Defaults to
+    /// 500 ms; `Duration::ZERO` pings on every checkout.
+    pub validation_bypass: Duration,
     /// Close connections idle this long; the pool re-opens up to `base_size`
     /// (`DB_POOL_IDLE_TIMEOUT`). Defaults to `None`.
     pub idle_timeout: Option<Duration>,
@@ -144,6 +148,7 @@ impl PoolConfig {
             connect_timeout: Duration::from_secs(10),
             health_interval: Duration::from_secs(60),
             pre_ping: true,
+            validation_bypass: Duration::from_millis(500),
             idle_timeout: None,
             leak_threshold: None,
             warn_utilization: 0.80,
@@ -340,6 +345,12 @@ impl PoolConfig {
                 "an idle timeout shorter than the maximum lifetime",
             );
         }
+        check(
+            self.validation_bypass <= Duration::from_secs(60),
+            Setting::PrePing,
+            secs(self.validation_bypass),
+            "a validation bypass window of at most 60 s",
+        );
         if let Some(name) = &self.name {
             check(
                 !name.trim().is_empty() && name.len() <= 128 && !name.chars().any(char::is_control),
@@ -382,6 +393,7 @@ pub(crate) enum Setting {
     BreakerTimeout,
     BreakerProbes,
     Name,
+    PrePing,
 }
 
 impl Setting {
@@ -403,6 +415,7 @@ impl Setting {
             Setting::BreakerTimeout => "DB_CIRCUIT_BREAKER_TIMEOUT",
             Setting::BreakerProbes => "half_open_max_probes",
             Setting::Name => "DB_POOL_NAME",
+            Setting::PrePing => "validation_bypass",
         }
     }
 }

@@ -18,10 +18,6 @@ use crate::error::ConnectError;
 use crate::observer::{CloseReason, PoolEvent};
 use crate::shared::Shared;
 
-/// A connection used this recently is handed out without a ping (HikariCP's alive-bypass
-/// window): a busy pool pays no round trip per checkout.
-pub(crate) const ALIVE_BYPASS: Duration = Duration::from_millis(500);
-
 /// Lifetimes are shortened by up to this fraction, at random, so connections opened together
 /// do not all reconnect together.
 const LIFETIME_JITTER: f64 = 0.025;
@@ -169,7 +165,9 @@ impl<M: ManageConnection> ManageConnection for Managed<M> {
             conn.close = Some(CloseReason::Broken);
             return Err(ConnectError::Retired);
         }
-        if !self.shared.config.pre_ping || now.duration_since(conn.last_used) < ALIVE_BYPASS {
+        if !self.shared.config.pre_ping
+            || now.duration_since(conn.last_used) < self.shared.config.validation_bypass
+        {
             return Ok(());
         }
         match self.inner.is_valid(&mut conn.conn).await {

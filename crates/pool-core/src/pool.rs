@@ -155,10 +155,8 @@ impl<M: ManageConnection> Pool<M> {
                 }
                 loop {
                     let opened = shared.breaker_changed.notified();
-                    if !probe {
-                        if let Some(retry_after) = shared.open_retry_after() {
-                            return Err(shared.reject(retry_after));
-                        }
+                    if let Some(retry_after) = shared.open_retry_after() {
+                        return Err(shared.reject(retry_after));
                     }
                     tokio::select! {
                         biased;
@@ -192,6 +190,14 @@ impl<M: ManageConnection> Pool<M> {
                 Ok(PooledConnection::new(conn, shared.clone(), now, leak_id))
             }
             Err(e) => {
+                let state = self.inner.bb8.state();
+                let snapshot = PoolSnapshot {
+                    total: state.connections,
+                    in_use: state.connections - state.idle_connections,
+                    idle: state.idle_connections,
+                    waiting: counters.pending.load(Relaxed),
+                    max: shared.config.max_size(),
+                };
                 waiting.done(false);
                 counters.timeouts.fetch_add(1, Relaxed);
                 counters.record_wait(waited);
@@ -203,14 +209,6 @@ impl<M: ManageConnection> Pool<M> {
                     waited,
                     outcome: CheckoutOutcome::Timeout,
                 });
-                let state = self.inner.bb8.state();
-                let snapshot = PoolSnapshot {
-                    total: state.connections,
-                    in_use: state.connections - state.idle_connections,
-                    idle: state.idle_connections,
-                    waiting: counters.pending.load(Relaxed),
-                    max: shared.config.max_size(),
-                };
                 tracing::warn!(
                     pool = %shared.name,
                     waited_ms = waited.as_millis() as u64,

@@ -1,0 +1,562 @@
+//! Pool behaviour on an in-memory connection manager and paused Tokio time: the rules that
+//! depend on time (bypass window, lifetimes, leak threshold, monitor ticks, breaker recovery)
+//! and on faults a real server cannot be told to produce on cue (a ping that fails, a connect
+//! refused N times exactly). The same behaviours run against PostgreSQL in `postgres.rs`.
+
+mod common;
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use common::{LogCapture, MemManager, Recorded, Recorder};
+use pool_core::{
+    BreakerConfig, BreakerState, CheckoutError, CloseReason, MonitorStatus, Pool, PoolBuilder,
+    PoolEvent, PoolObserver, RunError, UtilizationLevel,
+};
+
+fn builder() -> PoolBuilder<MemManager> {
+    Pool::builder()
+        .name("mem")
+        .base_size(2)
+        .max_overflow(3)
+        .checkout_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(1))
+        .health_interval(Duration::from_secs(3600))
+}
+
+#[tokio::test(start_paused = true)]
+async fn overflow_connections_close_on_return_while_the_base_is_idle() {
+    let (manager, state) = MemManager::new();
+    let recorder = Recorder::new();
+    let pool = builder().observer(recorder.clone()).build(manager).unwrap();
+
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(pool.get().await.unwrap());
+    }
+    let s = pool.stats();
+    assert_eq!((s.size, s.in_use, s.idle, s.max_size), (5, 5, 0, 5));
+    assert_eq!(s.overflow_in_use, 3);
+    assert_eq!(s.utilization, 1.0);
+    drop(held);
+
+    let s = pool.stats();
+    assert_eq!((s.size, s.in_use, s.idle), (2, 0, 2));
+    assert_eq!(s.connections_closed.overflow, 3);
+    assert_eq!(s.connections_closed.total(), 3);
+    assert_eq!(s.connections_created, 5);
+    assert_eq!(state.connects.load(SeqCst), 5);
+    assert_eq!(s.checkouts_direct + s.checkouts_waited, 5);
+    assert_eq!(
+        recorder.count(|e| *e == Recorded::Closed(CloseReason::Overflow)),
+        3
+    );
+    assert_eq!(recorder.count(|e| *e == Recorded::Returned), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pings_are_skipped_for_connections_used_within_the_bypass_window() {
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(0)
+        .build(manager)
+        .unwrap();
+    drop(pool.get().await.unwrap());
+    let pings_after_first = state.pings.load(SeqCst);
+    drop(pool.get().await.unwrap());
+    assert_eq!(
+        state.pings.load(SeqCst),
+        pings_after_first,
+        "returned 0 ms ago: no ping"
+    );
+    tokio::time::advance(Duration::from_millis(499)).await;
+    drop(pool.get().await.unwrap());
+    assert_eq!(
+        state.pings.load(SeqCst),
+        pings_after_first,
+        "499 ms: still no ping"
+    );
+    tokio::time::advance(Duration::from_millis(500)).await;
+    drop(pool.get().await.unwrap());
+    assert_eq!(
+        state.pings.load(SeqCst),
+        pings_after_first + 1,
+        "500 ms: one ping"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_ping_replaces_the_connection_without_an_error() {
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(0)
+        .validation_bypass(Duration::ZERO)
+        .build(manager)
+        .unwrap();
+    let first = pool.get().await.unwrap().id;
+    state.broken_upto.store(first, SeqCst);
+    let replacement = pool.get().await.unwrap().id;
+    assert_ne!(first, replacement);
+    let s = pool.stats();
+    assert_eq!(s.connections_closed.invalid, 1);
+    assert_eq!(s.breaker.state, BreakerState::Closed);
+    assert_eq!(s.last_error.as_deref(), Some("MemError(\"ping failed\")"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn lifetimes_end_between_97_5_and_100_percent_of_the_maximum() {
+    let (manager, _state) = MemManager::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(0)
+        .max_lifetime(Duration::from_secs(1000))
+        .build(manager)
+        .unwrap();
+    let id = pool.get().await.unwrap().id;
+    tokio::time::advance(Duration::from_millis(974_900)).await;
+    assert_eq!(pool.get().await.unwrap().id, id, "97.49 %: still alive");
+    tokio::time::advance(Duration::from_millis(25_100)).await;
+    let next = pool.get().await.unwrap().id;
+    assert_ne!(next, id, "100 %: replaced");
+    assert_eq!(pool.stats().connections_closed.max_lifetime, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_thousand_waiting_checkouts_leaves_nothing_pending() {
+    let (manager, _state) = MemManager::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(1)
+        .build(manager)
+        .unwrap();
+    let held = [pool.get().await.unwrap(), pool.get().await.unwrap()];
+
+    let mut waiting: Vec<Pin<Box<dyn Future<Output = _> + Send + '_>>> =
+        (0..1000).map(|_| Box::pin(pool.get()) as _).collect();
+    for fut in &mut waiting {
+        let polled = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx).is_pending())).await;
+        assert!(polled, "the pool is exhausted, so every checkout waits");
+    }
+    let s = pool.stats();
+    assert_eq!(s.pending, 1000);
+    assert!(s.exhausted);
+    assert_eq!(s.exhaustion_episodes, 1);
+    drop(waiting);
+
+    let s = pool.stats();
+    assert_eq!(s.pending, 0);
+    assert_eq!((s.size, s.in_use, s.idle), (2, 2, 0));
+    drop(held);
+    let s = pool.stats();
+    assert_eq!((s.size, s.in_use, s.idle), (1, 0, 1));
+    assert_eq!(s.checkout_timeouts, 0);
+    // The pool still serves at once.
+    drop(pool.get().await.unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checkout_timeout_says_how_long_it_waited_and_what_the_pool_looked_like() {
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(0)
+        .checkout_timeout(Duration::from_millis(1500))
+        .build(manager)
+        .unwrap();
+    let _held = pool.get().await.unwrap();
+    state.fail_connect.store(true, SeqCst);
+    let err = pool.get().await.unwrap_err();
+    let CheckoutError::Timeout {
+        waited, snapshot, ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(*waited, Duration::from_millis(1500));
+    assert_eq!(
+        (
+            snapshot.total,
+            snapshot.in_use,
+            snapshot.idle,
+            snapshot.waiting
+        ),
+        (1, 1, 0, 1)
+    );
+    assert_eq!(
+        err.to_string(),
+        "connection is not available in pool `mem`, request timed out after 1500ms \
+         (total=1, active=1, idle=0, waiting=1, max=1)"
+    );
+    let s = pool.stats();
+    assert_eq!(s.checkout_timeouts, 1);
+    assert_eq!(s.wait_time_total, Duration::from_millis(1500));
+    assert_eq!(s.wait_time_max_recent, Duration::from_millis(1500));
+    // Exhaustion is load, not a database failure.
+    assert_eq!(s.breaker.consecutive_failures, 0);
+}
+
+fn breaker(failures: u32) -> BreakerConfig {
+    BreakerConfig {
+        failure_threshold: failures,
+        recovery_timeout: Duration::from_secs(10),
+        success_threshold: 2,
+        half_open_max_probes: 2,
+        ..BreakerConfig::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_opens_after_the_threshold_and_waiting_checkouts_fail_fast() {
+    let (manager, state) = MemManager::new();
+    let recorder = Recorder::new();
+    let pool = builder()
+        .base_size(0)
+        .max_overflow(2)
+        .checkout_timeout(Duration::from_secs(30))
+        .breaker(breaker(3))
+        .observer(recorder.clone())
+        .build(manager)
+        .unwrap();
+    state.fail_connect.store(true, SeqCst);
+
+    let start = tokio::time::Instant::now();
+    let err = pool.get().await.unwrap_err();
+    assert!(err.is_circuit_open(), "{err}");
+    // bb8 retried the connect with back-off (400 ms, then 800 ms) and the third failure
+    // opened the breaker, which woke this checkout long before the 30 s checkout timeout.
+    assert_eq!(start.elapsed(), Duration::from_millis(1200));
+    let s = pool.stats();
+    assert_eq!(s.connection_failures, 3);
+    assert_eq!(s.breaker.state, BreakerState::Open);
+    assert_eq!(
+        s.last_error.as_deref(),
+        Some("MemError(\"connection refused\")")
+    );
+
+    let before = tokio::time::Instant::now();
+    let CheckoutError::CircuitOpen { retry_after, .. } = pool.get().await.unwrap_err() else {
+        panic!("expected CircuitOpen")
+    };
+    assert_eq!(before.elapsed(), Duration::ZERO, "no waiting while open");
+    assert_eq!(retry_after, Duration::from_secs(10));
+    assert_eq!(pool.stats().checkouts_rejected, 2);
+
+    state.fail_connect.store(false, SeqCst);
+    tokio::time::sleep(retry_after).await;
+    drop(pool.get().await.unwrap());
+    assert_eq!(pool.breaker_state(), BreakerState::HalfOpen);
+    drop(pool.get().await.unwrap());
+    assert_eq!(pool.breaker_state(), BreakerState::Closed);
+    use BreakerState::*;
+    assert_eq!(
+        recorder.transitions(),
+        [(Closed, Open), (Open, HalfOpen), (HalfOpen, Closed)]
+    );
+    assert_eq!(
+        pool.stats().connection_failures,
+        3,
+        "no connects were tried while open"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_while_half_open_reopens_the_breaker() {
+    let (manager, state) = MemManager::new();
+    let recorder = Recorder::new();
+    let pool = builder()
+        .base_size(0)
+        .breaker(breaker(1))
+        .observer(recorder.clone())
+        .build(manager)
+        .unwrap();
+    state.fail_connect.store(true, SeqCst);
+    assert!(pool.get().await.unwrap_err().is_circuit_open());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(pool.get().await.unwrap_err().is_circuit_open());
+    use BreakerState::*;
+    assert_eq!(
+        recorder.transitions(),
+        [(Closed, Open), (Open, HalfOpen), (HalfOpen, Open)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_counts_only_connection_class_errors_and_times_out_operations() {
+    let (manager, _state) = MemManager::new();
+    let pool = builder()
+        .breaker(BreakerConfig {
+            operation_timeout: Duration::from_secs(2),
+            ..breaker(2)
+        })
+        .classify_errors(|e| e.0 == "connection reset")
+        .build(manager)
+        .unwrap();
+    let user_error = pool
+        .run(|_| Box::pin(async { Err::<(), _>(common::MemError("unique violation")) }))
+        .await;
+    assert!(matches!(user_error, Err(RunError::Operation(_))));
+    assert_eq!(pool.stats().breaker.consecutive_failures, 0);
+
+    let slow = pool
+        .run(|_| {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Ok(())
+            })
+        })
+        .await;
+    assert!(matches!(slow, Err(RunError::TimedOut(d)) if d == Duration::from_secs(2)));
+    assert_eq!(pool.stats().breaker.consecutive_failures, 1);
+    assert_eq!(
+        pool.stats().connections_closed.broken,
+        1,
+        "a timed-out connection is not reused"
+    );
+
+    // A connection-class error counts and condemns the connection. (The reconnect for this
+    // run succeeded and cleared the earlier timeout: failures must be consecutive.)
+    let reset = pool
+        .run(|_| Box::pin(async { Err::<(), _>(common::MemError("connection reset")) }))
+        .await;
+    assert!(matches!(reset, Err(RunError::Operation(_))));
+    let s = pool.stats();
+    assert_eq!(s.breaker.consecutive_failures, 1);
+    assert_eq!(s.connections_closed.broken, 2);
+    let mut conn = pool.get().await.unwrap();
+    assert!(pool.report_error(&mut conn, &common::MemError("connection reset")));
+    assert!(!pool.report_error(&mut conn, &common::MemError("syntax error")));
+    drop(conn);
+    // The checkout's reconnect cleared the count again; the reported error is the one failure.
+    assert_eq!(pool.stats().breaker.consecutive_failures, 1);
+    assert_eq!(pool.stats().connections_closed.broken, 3);
+    let answer = pool
+        .run(|conn| Box::pin(async move { Ok(conn.id * 0 + 42) }))
+        .await;
+    assert_eq!(answer.unwrap(), 42);
+}
+
+#[tokio::test(start_paused = true)]
+async fn force_recycle_closes_idle_connections_now_and_checked_out_ones_on_return() {
+    let (manager, _state) = MemManager::new();
+    let recorder = Recorder::new();
+    let pool = builder()
+        .base_size(2)
+        .max_overflow(0)
+        .observer(recorder.clone())
+        .build(manager)
+        .unwrap();
+    let a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    let old = [a.id, b.id];
+    drop(a);
+    let report = pool.force_recycle();
+    assert_eq!((report.idle_closed, report.checked_out), (1, 1));
+    assert_eq!(pool.stats().connections_closed.forced, 1);
+    drop(b);
+    assert_eq!(pool.stats().connections_closed.forced, 2);
+    let fresh = pool.get().await.unwrap();
+    assert!(!old.contains(&fresh.id));
+    assert!(recorder.events().contains(&Recorded::Recycle {
+        idle_closed: 1,
+        checked_out: 1
+    }));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_connection_held_past_the_leak_threshold_is_reported_once_with_its_location() {
+    let logs = LogCapture::default();
+    let _guard = logs.install();
+    let (manager, _state) = MemManager::new();
+    let recorder = Recorder::new();
+    let pool = builder()
+        .leak_threshold(Duration::from_secs(2))
+        .observer(recorder.clone())
+        .build(manager)
+        .unwrap();
+    let line = line!() + 1;
+    let leaked = pool.get().await.unwrap();
+    let event = recorder
+        .wait_for(Duration::from_secs(10), |e| {
+            matches!(e, Recorded::Leak { .. })
+        })
+        .await;
+    let Recorded::Leak { location } = event else {
+        unreachable!()
+    };
+    assert!(location.file().ends_with("pool.rs"), "{location}");
+    assert_eq!(location.line(), line);
+    // Hold it through many more scans: still one report.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(recorder.count(|e| matches!(e, Recorded::Leak { .. })), 1);
+    assert_eq!(pool.stats().leaks_outstanding, 1);
+    drop(leaked);
+    assert_eq!(
+        recorder.count(|e| matches!(e, Recorded::LeakReturned { .. })),
+        1
+    );
+    let s = pool.stats();
+    assert_eq!((s.leaks_suspected, s.leaks_outstanding), (1, 0));
+    let text = logs.text();
+    let warnings: Vec<_> = text
+        .lines()
+        .filter(|l| l.contains("possible leak"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(
+        warnings[0].contains(&format!("tests/pool.rs:{line}")),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_monitor_reports_utilization_levels_with_hysteresis() {
+    let logs = LogCapture::default();
+    let _guard = logs.install();
+    let (manager, _state) = MemManager::new();
+    let recorder = Recorder::new();
+    let pool = builder()
+        .base_size(0)
+        .max_overflow(20)
+        .health_interval(Duration::from_secs(10))
+        .observer(recorder.clone())
+        .build(manager)
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(pool.get().await.unwrap());
+    }
+    // 16/20 = 80 %: warning, seen on checkout without waiting for a tick.
+    assert_eq!(pool.stats().utilization_level, UtilizationLevel::Warning);
+    for _ in 0..3 {
+        held.push(pool.get().await.unwrap());
+    }
+    assert_eq!(pool.stats().utilization_level, UtilizationLevel::Critical);
+    held.truncate(18); // 90 %: inside the hysteresis band below 95 %
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(pool.stats().utilization_level, UtilizationLevel::Critical);
+    held.truncate(16); // 80 %: below the band, above the warning threshold
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(pool.stats().utilization_level, UtilizationLevel::Warning);
+    held.truncate(15); // 75 %: inside the band below 80 %
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(pool.stats().utilization_level, UtilizationLevel::Warning);
+    held.clear();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(pool.stats().utilization_level, UtilizationLevel::Normal);
+
+    use UtilizationLevel::*;
+    let levels: Vec<_> = recorder
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Recorded::Level { from, to } => Some((from, to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            (Normal, Warning),
+            (Warning, Critical),
+            (Critical, Warning),
+            (Warning, Normal)
+        ]
+    );
+    let text = logs.text();
+    assert_eq!(text.matches("utilization is high").count(), 1, "{text}");
+    assert_eq!(text.matches("utilization is critical").count(), 1, "{text}");
+    assert_eq!(text.matches("utilization recovered").count(), 2, "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_monitor_probes_an_idle_pool_and_stops_with_it() {
+    let (manager, state) = MemManager::new();
+    let recorder = Recorder::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(0)
+        .health_interval(Duration::from_secs(5))
+        .observer(recorder.clone())
+        .build(manager)
+        .unwrap();
+    drop(pool.get().await.unwrap());
+    assert_eq!(pool.stats().monitor, MonitorStatus::Running);
+    recorder
+        .wait_for(Duration::from_secs(6), |e| *e == Recorded::Health(true))
+        .await;
+    state.fail_ping.store(true, SeqCst);
+    recorder
+        .wait_for(Duration::from_secs(6), |e| *e == Recorded::Health(false))
+        .await;
+    let s = pool.stats();
+    assert_eq!((s.health_checks_ok, s.health_checks_failed), (1, 1));
+    // The probe's checkout found the idle connection failing its ping and replaced it; the
+    // probe's own ping on the replacement failed too.
+    assert_eq!(s.connections_closed.invalid, 2);
+
+    let weak_state = Arc::downgrade(&state);
+    drop(pool);
+    drop(state);
+    // The monitor holds only a weak reference: once it notices, the manager is freed.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        weak_state.upgrade().is_none(),
+        "the pool and its tasks are gone"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_observer_does_not_reach_the_pool() {
+    #[derive(Debug)]
+    struct Panics;
+    impl PoolObserver for Panics {
+        fn on_event(&self, _: &str, _: &PoolEvent<'_>) {
+            panic!("observer bug");
+        }
+    }
+    let (manager, _state) = MemManager::new();
+    let pool = builder().observer(Arc::new(Panics)).build(manager).unwrap();
+    drop(pool.get().await.unwrap());
+    assert_eq!(
+        pool.stats().checkouts_direct + pool.stats().checkouts_waited,
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn several_named_pools_live_side_by_side() {
+    let (m1, _) = MemManager::new();
+    let (m2, _) = MemManager::new();
+    let primary = builder().name("primary").build(m1).unwrap();
+    let replica = builder().name("replica").base_size(1).build(m2).unwrap();
+    let _a = primary.get().await.unwrap();
+    let _b = primary.get().await.unwrap();
+    let _c = replica.get().await.unwrap();
+    assert_eq!((primary.name(), primary.stats().in_use), ("primary", 2));
+    assert_eq!((replica.name(), replica.stats().in_use), ("replica", 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn stats_serialize_to_json_with_every_field() {
+    let (manager, _state) = MemManager::new();
+    let pool = builder().build(manager).unwrap();
+    drop(pool.get().await.unwrap());
+    let json = serde_json::to_value(pool.stats()).unwrap();
+    let object = json.as_object().unwrap();
+    assert!(object.len() >= 29, "{} fields", object.len());
+    assert_eq!(json["name"], "mem");
+    assert_eq!(json["backend"], "custom");
+    assert_eq!(json["in_use"], 0);
+    assert_eq!(json["connections_closed"]["overflow"], 0);
+    assert_eq!(json["breaker"]["state"], "closed");
+    assert_eq!(json["monitor"], "running");
+    assert_eq!(json["utilization_level"], "normal");
+    assert!(json["wait_time_total"].is_f64());
+}
