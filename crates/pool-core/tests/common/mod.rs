@@ -48,13 +48,13 @@ fn pg_script() -> PathBuf {
 
 impl PrivateServer {
     pub fn start(port: u16) -> PrivateServer {
-        let server = PrivateServer {
+        let mut server = PrivateServer {
             port,
             url: String::new(),
         };
         server.ctl("destroy");
-        let url = server.ctl("start");
-        PrivateServer { url, ..server }
+        server.url = server.ctl("start");
+        server
     }
 
     pub fn ctl(&self, action: &str) -> String {

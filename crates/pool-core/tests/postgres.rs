@@ -1,0 +1,502 @@
+//! pool-core against a real PostgreSQL server (started by `scripts/test.sh`).
+//!
+//! Without `POOL_TEST_DATABASE_URL` these tests print SKIPPED and pass, except under
+//! `CI=true`, where a missing server fails them.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{pg_url, LogCapture, PrivateServer, Recorded, Recorder};
+use pool_core::postgres::tokio_postgres::{self, NoTls};
+use pool_core::{
+    BreakerConfig, BreakerState, CheckoutError, PoolBuilder, PoolConfig, PostgresPool,
+};
+
+fn builder_with(
+    url: &str,
+    f: impl FnOnce(PoolConfig) -> PoolConfig,
+) -> PoolBuilder<pool_core::postgres::PostgresConnectionManager<NoTls>> {
+    let config = f(PoolConfig {
+        database_url: Some(pool_core::DatabaseUrl::parse(url).unwrap()),
+        health_interval: Duration::from_secs(3600),
+        ..PoolConfig::development()
+    });
+    PoolBuilder::postgres().config(config)
+}
+
+fn pool_with(url: &str, f: impl FnOnce(PoolConfig) -> PoolConfig) -> PostgresPool {
+    builder_with(url, f).build_postgres().unwrap()
+}
+
+async fn backend_pid(conn: &tokio_postgres::Client) -> i32 {
+    conn.query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_two_plus_overflow_three_grows_to_five_and_settles_at_two_idle() {
+    let Some(url) = pg_url("base_two_plus_overflow_three_grows_to_five_and_settles_at_two_idle")
+    else {
+        return;
+    };
+    let recorder = Recorder::new();
+    let pool = PoolBuilder::postgres()
+        .database_url(&url)
+        .base_size(2)
+        .max_overflow(3)
+        .health_interval(Duration::from_secs(3600))
+        .observer(recorder.clone())
+        .build_postgres()
+        .unwrap();
+
+    let holders: Vec<_> = (0..5)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let conn = pool.get().await.unwrap();
+                let pid = backend_pid(&conn).await;
+                (conn, pid)
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for h in holders {
+        held.push(h.await.unwrap());
+    }
+    let mut pids: Vec<_> = held.iter().map(|(_, pid)| *pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!(pids.len(), 5, "five distinct server backends");
+    let s = pool.stats();
+    assert_eq!((s.size, s.in_use, s.idle), (5, 5, 0));
+    assert_eq!(s.utilization, 1.0);
+    drop(held);
+
+    let s = pool.stats();
+    assert_eq!((s.size, s.in_use, s.idle), (2, 0, 2));
+    assert_eq!(s.connections_closed.overflow, 3);
+    assert_eq!(s.connections_closed.total(), 3);
+    assert_eq!(s.connections_created, 5);
+    assert_eq!(s.checkouts_direct + s.checkouts_waited, 5);
+    assert_eq!(s.checkout_timeouts, 0);
+    assert_eq!(s.pending, 0);
+    assert_eq!(
+        recorder.count(|e| matches!(e, Recorded::Created { ok: true, .. })),
+        5
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_times_out_after_the_configured_time_and_names_the_pool_state() {
+    let Some(url) =
+        pg_url("a_checkout_times_out_after_the_configured_time_and_names_the_pool_state")
+    else {
+        return;
+    };
+    let pool = pool_with(&url, |c| PoolConfig {
+        name: Some("timeouts".into()),
+        base_size: 1,
+        max_overflow: 1,
+        checkout_timeout: Duration::from_millis(400),
+        ..c
+    });
+    let _a = pool.get().await.unwrap();
+    let _b = pool.get().await.unwrap();
+    let start = Instant::now();
+    let err = pool.get().await.unwrap_err();
+    let elapsed = start.elapsed();
+    let CheckoutError::Timeout {
+        waited, snapshot, ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert!(
+        *waited >= Duration::from_millis(400) && elapsed >= *waited,
+        "{waited:?}"
+    );
+    assert_eq!(
+        (
+            snapshot.total,
+            snapshot.in_use,
+            snapshot.idle,
+            snapshot.waiting
+        ),
+        (2, 2, 0, 1)
+    );
+    let text = err.to_string();
+    assert!(
+        text.starts_with(
+            "connection is not available in pool `timeouts`, request timed out after 4"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("(total=2, active=2, idle=0, waiting=1, max=2)"),
+        "{text}"
+    );
+    let s = pool.stats();
+    assert_eq!(s.checkout_timeouts, 1);
+    assert_eq!(s.breaker.state, BreakerState::Closed);
+    assert!(s.exhaustion_episodes >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_opens_the_breaker_after_the_threshold_and_a_restart_closes_it() {
+    let Some(_) =
+        pg_url("a_stopped_server_opens_the_breaker_after_the_threshold_and_a_restart_closes_it")
+    else {
+        return;
+    };
+    // A private server: this test crashes it, and the others must not notice.
+    let server = PrivateServer::start(55479);
+    let recorder = Recorder::new();
+    let pool = builder_with(&server.url, |c| PoolConfig {
+        base_size: 0,
+        max_overflow: 4,
+        checkout_timeout: Duration::from_secs(20),
+        connect_timeout: Duration::from_secs(2),
+        breaker: BreakerConfig {
+            failure_threshold: 3,
+            recovery_timeout: Duration::from_secs(1),
+            success_threshold: 2,
+            half_open_max_probes: 2,
+            ..BreakerConfig::default()
+        },
+        ..c
+    })
+    .observer(recorder.clone())
+    .build_postgres()
+    .unwrap();
+    drop(
+        pool.get()
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {:#?}", recorder.events())),
+    );
+    assert_eq!(pool.stats().connection_failures, 0);
+
+    server.ctl("crash"); // pg_ctl stop -m immediate
+    let start = Instant::now();
+    let err = pool.get().await.unwrap_err();
+    let waited = start.elapsed();
+    let CheckoutError::CircuitOpen { retry_after, .. } = err else {
+        panic!("expected CircuitOpen, got {err}")
+    };
+    assert!(waited < Duration::from_secs(20), "failed fast: {waited:?}");
+    assert!(retry_after <= Duration::from_secs(1));
+    let s = pool.stats();
+    assert_eq!(
+        s.connection_failures, 3,
+        "exactly failure_threshold failed connects"
+    );
+    assert_eq!(s.breaker.state, BreakerState::Open);
+    let last = s.last_error.unwrap();
+    assert!(last.contains("error connecting to server"), "{last}");
+
+    let start = Instant::now();
+    let CheckoutError::CircuitOpen { retry_after, .. } = pool.get().await.unwrap_err() else {
+        panic!("expected CircuitOpen while open")
+    };
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "rejected without waiting"
+    );
+
+    server.ctl("restart");
+    // Honour the breaker's own Retry-After, then probe.
+    tokio::time::sleep(retry_after).await;
+    for _ in 0..2 {
+        let conn = pool
+            .get()
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {:#?}", recorder.events()));
+        conn.simple_query("select 1").await.unwrap();
+    }
+    assert_eq!(pool.breaker_state(), BreakerState::Closed);
+    use BreakerState::*;
+    assert_eq!(
+        recorder.transitions(),
+        [(Closed, Open), (Open, HalfOpen), (HalfOpen, Closed)]
+    );
+    assert_eq!(
+        pool.stats().connection_failures,
+        3,
+        "no connect was attempted while open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_backends_are_replaced_by_pre_ping_without_an_error() {
+    let Some(url) = pg_url("terminated_backends_are_replaced_by_pre_ping_without_an_error") else {
+        return;
+    };
+    let pool = pool_with(&url, |c| PoolConfig {
+        name: Some("terminated".into()),
+        base_size: 3,
+        max_overflow: 0,
+        validation_bypass: Duration::ZERO,
+        ..c
+    });
+    let held = [
+        pool.get().await.unwrap(),
+        pool.get().await.unwrap(),
+        pool.get().await.unwrap(),
+    ];
+    let mut pids = Vec::new();
+    for conn in &held {
+        pids.push(backend_pid(conn).await);
+    }
+    drop(held);
+
+    let (admin, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let killed: i64 = admin
+        .query_one(
+            "select count(*) from (select pg_terminate_backend(p) from unnest($1::int4[]) p) t",
+            &[&pids],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 3);
+
+    let held = [
+        pool.get().await.unwrap(),
+        pool.get().await.unwrap(),
+        pool.get().await.unwrap(),
+    ];
+    for conn in &held {
+        let pid = backend_pid(conn).await;
+        assert!(
+            !pids.contains(&pid),
+            "a fresh backend, not a terminated one"
+        );
+    }
+    drop(held);
+    let s = pool.stats();
+    assert_eq!(
+        s.connections_closed.invalid + s.connections_closed.broken,
+        3
+    );
+    assert_eq!(s.checkout_timeouts, 0);
+    assert_eq!(s.breaker.state, BreakerState::Closed);
+    assert_eq!((s.size, s.idle, s.in_use), (3, 3, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_recycle_closes_idle_connections_at_once_and_checked_out_ones_on_return() {
+    let Some(url) =
+        pg_url("force_recycle_closes_idle_connections_at_once_and_checked_out_ones_on_return")
+    else {
+        return;
+    };
+    let pool = pool_with(&url, |c| PoolConfig {
+        base_size: 2,
+        max_overflow: 0,
+        ..c
+    });
+    let a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    let old = [backend_pid(&a).await, backend_pid(&b).await];
+    drop(a);
+    let report = pool.force_recycle();
+    assert_eq!((report.idle_closed, report.checked_out), (1, 1));
+    let s = pool.stats();
+    assert_eq!(s.connections_closed.forced, 1);
+    assert_eq!((s.size, s.in_use), (1, 1));
+    drop(b);
+    assert_eq!(pool.stats().connections_closed.forced, 2);
+    let fresh = pool.get().await.unwrap();
+    assert!(!old.contains(&backend_pid(&fresh).await));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_connection_held_past_the_leak_threshold_yields_one_warning_naming_its_checkout() {
+    let Some(url) =
+        pg_url("a_connection_held_past_the_leak_threshold_yields_one_warning_naming_its_checkout")
+    else {
+        return;
+    };
+    let logs = LogCapture::default();
+    let _guard = logs.install();
+    let recorder = Recorder::new();
+    let pool = PoolBuilder::postgres()
+        .database_url(&url)
+        .base_size(1)
+        .max_overflow(2)
+        .leak_threshold(Duration::from_millis(300))
+        .observer(recorder.clone())
+        .build_postgres()
+        .unwrap();
+    let line = line!() + 1;
+    let leaked = pool.get().await.unwrap();
+    recorder
+        .wait_for(Duration::from_secs(10), |e| {
+            matches!(e, Recorded::Leak { .. })
+        })
+        .await;
+    // A second leak, found by a later scan, proves the scanner went on running past the
+    // first report without repeating it.
+    let second = pool.get().await.unwrap();
+    recorder
+        .wait_for(
+            Duration::from_secs(10),
+            |e| matches!(e, Recorded::Leak { location } if location.line() != line),
+        )
+        .await;
+    drop((leaked, second));
+    let leaks: Vec<_> = recorder
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Recorded::Leak { location } => Some(location),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(leaks.len(), 2);
+    assert_eq!(leaks.iter().filter(|l| l.line() == line).count(), 1);
+    assert!(leaks[0].file().ends_with("postgres.rs"), "{}", leaks[0]);
+    let text = logs.text();
+    let first: Vec<_> = text
+        .lines()
+        .filter(|l| l.contains("possible leak") && l.contains(&format!("tests/postgres.rs:{line}")))
+        .collect();
+    assert_eq!(first.len(), 1, "{text}");
+    assert_eq!(text.matches("leaked was returned").count(), 2, "{text}");
+    assert_eq!(pool.stats().leaks_suspected, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_thousand_checkouts_mid_wait_leaves_pending_at_zero() {
+    let Some(url) = pg_url("dropping_a_thousand_checkouts_mid_wait_leaves_pending_at_zero") else {
+        return;
+    };
+    let pool = pool_with(&url, |c| PoolConfig {
+        base_size: 1,
+        max_overflow: 1,
+        checkout_timeout: Duration::from_secs(30),
+        ..c
+    });
+    let held = [pool.get().await.unwrap(), pool.get().await.unwrap()];
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.get().await.map(drop) })
+        })
+        .collect();
+    // Readiness polling with a bound: every task is queued.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool.stats().pending < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "pending = {}",
+            pool.stats().pending
+        );
+        tokio::task::yield_now().await;
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        assert!(t.await.unwrap_err().is_cancelled());
+    }
+    let s = pool.stats();
+    assert_eq!(s.pending, 0);
+    assert_eq!((s.size, s.in_use, s.idle), (2, 2, 0));
+    drop(held);
+    let s = pool.stats();
+    assert_eq!((s.size, s.in_use, s.idle), (1, 0, 1));
+    assert_eq!(s.checkout_timeouts, 0);
+    let conn = pool.get().await.unwrap();
+    conn.simple_query("select 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_password_appears_in_no_error_stat_debug_output_or_log() {
+    let Some(url) = pg_url("the_password_appears_in_no_error_stat_debug_output_or_log") else {
+        return;
+    };
+    let logs = LogCapture::default();
+    let _guard = logs.install();
+    let secret = "wrong-secret-4711";
+    let bad_url = url.replacen("pool-test-secret", secret, 1);
+    assert!(bad_url.contains(secret));
+    let pool = pool_with(&bad_url, |c| PoolConfig {
+        base_size: 0,
+        max_overflow: 1,
+        checkout_timeout: Duration::from_millis(1500),
+        ..c
+    });
+    let err = pool.get().await.unwrap_err();
+    let stats = pool.stats();
+    let outputs = [
+        err.to_string(),
+        format!("{err:?}"),
+        format!("{stats:?}"),
+        format!("{pool:?}"),
+        format!("{:?}", pool.config()),
+        serde_json::to_string(&stats).unwrap(),
+        logs.text(),
+    ];
+    for text in &outputs {
+        assert!(!text.contains(secret), "password leaked: {text}");
+    }
+    let last = stats.last_error.unwrap();
+    assert!(last.contains("password authentication failed"), "{last}");
+    assert!(logs.text().contains("could not open a database connection"));
+    assert_eq!(
+        stats.name,
+        "127.0.0.1:55432/postgres".replace("55432", &port_of(&url))
+    );
+}
+
+fn port_of(url: &str) -> String {
+    url.rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reports_query_errors_without_tripping_the_breaker() {
+    let Some(url) = pg_url("run_reports_query_errors_without_tripping_the_breaker") else {
+        return;
+    };
+    let pool = Arc::new(pool_with(&url, |c| PoolConfig {
+        base_size: 1,
+        max_overflow: 1,
+        ..c
+    }));
+    for _ in 0..10 {
+        let err = pool
+            .run(|conn| {
+                Box::pin(async move { conn.simple_query("select * from no_such_table").await })
+            })
+            .await
+            .unwrap_err();
+        let pool_core::RunError::Operation(e) = err else {
+            panic!("{err}")
+        };
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+        );
+    }
+    let s = pool.stats();
+    assert_eq!(s.breaker.consecutive_failures, 0);
+    assert_eq!(
+        s.connections_closed.broken, 0,
+        "user errors do not condemn the connection"
+    );
+    let n: i32 = pool
+        .run(|conn| {
+            Box::pin(async move { Ok(conn.query_one("select 7::int4", &[]).await?.get(0)) })
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 7);
+}
