@@ -290,7 +290,6 @@ impl<M: ManageConnection> PoolBuilder<M> {
         // connections that nothing checks out.
         let bb8 = bb8::Pool::builder()
             .max_size(config.max_size())
-            .min_idle(Some(config.base_size).filter(|n| *n > 0))
             .connection_timeout(config.checkout_timeout)
             .max_lifetime(config.max_lifetime)
             .idle_timeout(config.idle_timeout)
@@ -309,6 +308,8 @@ impl<M: ManageConnection> PoolBuilder<M> {
             describe: self.describe,
         });
         monitor::spawn(&inner);
+        let warming = inner.clone();
+        tokio::spawn(async move { warming.top_up().await });
         shared
             .monitor_status
             .store(MonitorStatus::Running as u8, Relaxed);

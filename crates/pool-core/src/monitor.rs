@@ -61,6 +61,9 @@ async fn tick<M: ManageConnection>(pool: &PoolInner<M>) {
     if idle_pool && shared.connect_allowed() {
         probe(pool).await;
     }
+    if shared.connect_allowed() {
+        let _ = pool.top_up().await;
+    }
 }
 
 /// Checks out an idle connection and pings it, bypassing the alive window; the outcome is

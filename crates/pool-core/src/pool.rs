@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::breaker::BreakerState;
 use crate::builder::PoolBuilder;
 use crate::connection::{Managed, PooledConnection};
-use crate::error::{CheckoutError, PoolSnapshot, RunError};
+use crate::error::{CheckoutError, ConnectError, PoolSnapshot, RunError};
 use crate::observer::{CheckoutOutcome, CloseReason, PoolEvent};
 use crate::shared::Shared;
 use crate::stats::{BreakerStats, MonitorStatus, PoolStats};
@@ -50,6 +50,59 @@ pub(crate) struct PoolInner<M: ManageConnection> {
     pub(crate) manager: Arc<M>,
     pub(crate) classify: Classify<M::Error>,
     pub(crate) describe: fn(&M::Error) -> String,
+}
+
+impl<M: ManageConnection> PoolInner<M> {
+    /// Opens connections until `base_size` are open (SQLAlchemy keeps its base the same way:
+    /// by total, not by idle count; bb8's `min_idle` would keep `base_size` idle *beyond* the
+    /// ones in use, and every return would then close one as overflow).
+    pub(crate) async fn top_up(&self) -> Result<u32, ConnectError<M::Error>> {
+        let shared = &self.shared;
+        if shared.topping_up.swap(true, Relaxed) {
+            return Ok(0);
+        }
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Relaxed);
+            }
+        }
+        let _done = Done(&shared.topping_up);
+        let missing = shared
+            .config
+            .base_size
+            .saturating_sub(self.bb8.state().connections);
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..missing {
+            let managed = Managed {
+                inner: self.manager.clone(),
+                shared: shared.clone(),
+                describe: self.describe,
+            };
+            connects.spawn(async move { managed.connect().await });
+        }
+        let mut opened = 0;
+        let mut first_error = None;
+        while let Some(joined) = connects.join_next().await {
+            match joined {
+                Ok(Ok(conn)) => match self.bb8.add(conn) {
+                    Ok(()) => opened += 1,
+                    // Load filled the pool meanwhile: this one is surplus.
+                    Err(bb8::AddError::NoCapacity(mut conn) | bb8::AddError::Broken(mut conn)) => {
+                        conn.close.get_or_insert(CloseReason::Overflow);
+                    }
+                },
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {}
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(opened),
+        }
+    }
 }
 
 impl<M: ManageConnection> Drop for PoolInner<M> {
@@ -95,6 +148,19 @@ impl<M: ManageConnection> Pool<M> {
     /// A builder with the development profile's defaults.
     pub fn builder() -> PoolBuilder<M> {
         PoolBuilder::new()
+    }
+
+    /// Opens connections until `base_size` are open, and waits for them. The pool does this
+    /// in the background when it is built and on every monitor tick; await it at start-up to
+    /// find out at once whether the database is reachable.
+    ///
+    /// Returns how many connections it opened.
+    ///
+    /// # Errors
+    ///
+    /// The first connection error (the others are counted in the stats).
+    pub async fn warm_up(&self) -> Result<u32, ConnectError<M::Error>> {
+        self.inner.top_up().await
     }
 
     /// The pool's name.
@@ -330,6 +396,8 @@ impl<M: ManageConnection> Pool<M> {
             idle_closed,
             checked_out,
         });
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.top_up().await });
         RecycleReport {
             idle_closed,
             checked_out,

@@ -43,6 +43,7 @@ pub(crate) struct Shared {
     level: AtomicU8,
     pub(crate) monitor_status: AtomicU8,
     pub(crate) closing: AtomicBool,
+    pub(crate) topping_up: AtomicBool,
     pub(crate) leaks: Option<LeakRegistry>,
     url: Option<DatabaseUrl>,
 }
@@ -113,6 +114,7 @@ impl Shared {
             level: AtomicU8::new(0),
             monitor_status: AtomicU8::new(0),
             closing: AtomicBool::new(false),
+            topping_up: AtomicBool::new(false),
             leaks,
         }
     }

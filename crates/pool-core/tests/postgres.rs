@@ -52,6 +52,12 @@ async fn base_two_plus_overflow_three_grows_to_five_and_settles_at_two_idle() {
         .observer(recorder.clone())
         .build_postgres()
         .unwrap();
+    assert_eq!(
+        pool.warm_up().await.unwrap(),
+        2,
+        "the base is opened up front"
+    );
+    assert_eq!(pool.stats().idle, 2);
 
     let holders: Vec<_> = (0..5)
         .map(|_| {
