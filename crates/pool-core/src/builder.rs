@@ -286,14 +286,16 @@ impl<M: ManageConnection> PoolBuilder<M> {
             describe: self.describe,
         };
         // bb8 panics on zero sizes and durations; `check` has ruled those out. Lifetimes are
-        // enforced with jitter by `Managed`; bb8's own (unjittered) limit only reaps idle
-        // connections that nothing checks out.
+        // enforced with jitter by `Managed` and the monitor, not by bb8 (whose unjittered check
+        // reads the clock on every return). Validation runs in our checkout (it already
+        // knows the time), not in bb8's `test_on_check_out`. No `min_idle`: the base is kept
+        // by total count (`top_up`), as SQLAlchemy does.
         let bb8 = bb8::Pool::builder()
             .max_size(config.max_size())
             .connection_timeout(config.checkout_timeout)
-            .max_lifetime(config.max_lifetime)
+            .max_lifetime(None)
             .idle_timeout(config.idle_timeout)
-            .test_on_check_out(true)
+            .test_on_check_out(false)
             .retry_connection(true)
             .queue_strategy(bb8::QueueStrategy::Fifo)
             .build_unchecked(managed);

@@ -44,15 +44,15 @@ pub(crate) struct Tracked<C> {
     pub(crate) conn: C,
     born: Instant,
     expires_at: Option<Instant>,
-    last_used: Instant,
-    generation: u64,
+    pub(crate) last_used: Instant,
+    pub(crate) generation: u64,
     /// Set when the pool has decided to close this connection, and why.
     pub(crate) close: Option<CloseReason>,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl<C> Tracked<C> {
-    fn expired(&self, now: Instant) -> bool {
+    pub(crate) fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
     }
 
@@ -153,28 +153,77 @@ impl<M: ManageConnection> ManageConnection for Managed<M> {
         }
     }
 
+    /// Not called by bb8 (the pool validates in its own checkout, where it already has the
+    /// time); implemented for completeness.
     async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
-        // Decided before any await: `Pool::force_recycle` relies on stale connections being
-        // rejected within the first poll.
-        let now = Instant::now();
-        if let Some(reason) = conn.retire_reason(now) {
+        match self.validate(conn, Instant::now()).await {
+            true => Ok(()),
+            false => Err(ConnectError::Retired),
+        }
+    }
+
+    /// Called by bb8 when a connection comes back. `PooledConnection`'s drop has just stamped
+    /// `last_used`, which therefore serves as "now" (no second clock read on the hot path).
+    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
+        if let Some(reason) = conn.retire_reason(conn.last_used) {
             conn.close = Some(reason);
-            return Err(ConnectError::Retired);
+            return true;
         }
         if self.inner.has_broken(&mut conn.conn) {
             conn.close = Some(CloseReason::Broken);
-            return Err(ConnectError::Retired);
+            return true;
         }
-        if !self.shared.config.pre_ping
-            || now.duration_since(conn.last_used) < self.shared.config.validation_bypass
+        false
+    }
+}
+
+/// What the synchronous part of validation decided.
+pub(crate) enum Verdict {
+    /// Hand it out.
+    Valid,
+    /// Closed (the reason is set on the connection); try another.
+    Retired,
+    /// Not used within the bypass window: ping it first.
+    Ping,
+}
+
+impl<M: ManageConnection> Managed<M> {
+    /// Lifetime, forced recycling, driver-reported breakage and the bypass window; no I/O.
+    pub(crate) fn verdict(&self, conn: &mut Tracked<M::Connection>, now: Instant) -> Verdict {
+        if let Some(reason) = conn.retire_reason(now) {
+            conn.close = Some(reason);
+            return Verdict::Retired;
+        }
+        if self.inner.has_broken(&mut conn.conn) {
+            conn.close = Some(CloseReason::Broken);
+            return Verdict::Retired;
+        }
+        let config = &self.shared.config;
+        if !config.pre_ping
+            || now.saturating_duration_since(conn.last_used) < config.validation_bypass
         {
-            return Ok(());
+            Verdict::Valid
+        } else {
+            Verdict::Ping
         }
+    }
+
+    /// The full checkout validation; `false` means the connection was condemned (its reason
+    /// is set) and the caller should drop it and try another.
+    pub(crate) async fn validate(&self, conn: &mut Tracked<M::Connection>, now: Instant) -> bool {
+        match self.verdict(conn, now) {
+            Verdict::Valid => true,
+            Verdict::Retired => false,
+            Verdict::Ping => self.ping(conn).await,
+        }
+    }
+
+    pub(crate) async fn ping(&self, conn: &mut Tracked<M::Connection>) -> bool {
         match self.inner.is_valid(&mut conn.conn).await {
             Ok(()) => {
                 conn.last_used = Instant::now();
                 self.shared.record_success();
-                Ok(())
+                true
             }
             Err(e) => {
                 conn.close = Some(CloseReason::Invalid);
@@ -182,23 +231,9 @@ impl<M: ManageConnection> ManageConnection for Managed<M> {
                 self.shared.set_last_error(&text);
                 tracing::debug!(pool = %self.shared.name, error = %self.shared.scrub(&text), "pre-ping failed; connection replaced");
                 self.shared.record_validation_failure();
-                Err(ConnectError::Backend(e))
+                false
             }
         }
-    }
-
-    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
-        let now = Instant::now();
-        if let Some(reason) = conn.retire_reason(now) {
-            conn.close = Some(reason);
-            return true;
-        }
-        if self.inner.has_broken(&mut conn.conn) {
-            conn.close = Some(CloseReason::Broken);
-            return true;
-        }
-        conn.last_used = now;
-        false
     }
 }
 
@@ -208,7 +243,6 @@ impl<M: ManageConnection> ManageConnection for Managed<M> {
 /// [`SqliteConnection`](crate::sqlite::SqliteConnection), …).
 pub struct PooledConnection<M: ManageConnection> {
     conn: Option<bb8::PooledConnection<'static, Managed<M>>>,
-    shared: Arc<Shared>,
     checked_out_at: Instant,
     leak_id: Option<u64>,
 }
@@ -216,16 +250,22 @@ pub struct PooledConnection<M: ManageConnection> {
 impl<M: ManageConnection> PooledConnection<M> {
     pub(crate) fn new(
         conn: bb8::PooledConnection<'static, Managed<M>>,
-        shared: Arc<Shared>,
         checked_out_at: Instant,
         leak_id: Option<u64>,
     ) -> Self {
         PooledConnection {
             conn: Some(conn),
-            shared,
             checked_out_at,
             leak_id,
         }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self
+            .conn
+            .as_ref()
+            .expect("the connection is only taken out in Drop")
+            .shared
     }
 
     fn tracked(&mut self) -> &mut Tracked<M::Connection> {
@@ -247,8 +287,8 @@ impl<M: ManageConnection> PooledConnection<M> {
 
     pub(crate) fn report_connection_failure(&mut self, text: &str) {
         self.discard();
-        self.shared.set_last_error(text);
-        self.shared.record_failure();
+        self.shared().set_last_error(text);
+        self.shared().record_failure();
     }
 }
 
@@ -273,7 +313,7 @@ impl<M: ManageConnection> DerefMut for PooledConnection<M> {
 impl<M: ManageConnection> fmt::Debug for PooledConnection<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PooledConnection")
-            .field("pool", &self.shared.name)
+            .field("pool", &self.shared().name)
             .field("held_for", &self.held_for())
             .finish_non_exhaustive()
     }
@@ -284,16 +324,22 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let shared = &self.shared;
-        let counters = &shared.counters;
-        let held = self.checked_out_at.elapsed();
-        let in_use_before = counters.in_use.fetch_sub(1, Relaxed);
+        let now = Instant::now();
+        conn.last_used = now;
+        let held = now.saturating_duration_since(self.checked_out_at);
         // SQLAlchemy's QueuePool: a connection returned while `base_size` are already idle is
         // overflow and is closed.
-        let idle_before = counters.open.load(Relaxed).saturating_sub(in_use_before);
-        if idle_before >= u64::from(shared.config.base_size) {
+        let overflow = {
+            let counters = &conn.shared.counters;
+            let in_use_before = counters.in_use.fetch_sub(1, Relaxed);
+            let idle_before = counters.open.load(Relaxed).saturating_sub(in_use_before);
+            idle_before >= u64::from(conn.shared.config.base_size)
+        };
+        if overflow {
             conn.close.get_or_insert(CloseReason::Overflow);
         }
+        let shared = &*conn.shared;
+        let counters = &shared.counters;
         if let (Some(id), Some(leaks)) = (self.leak_id, &shared.leaks) {
             let entry = leaks.entries.lock().remove(&id);
             if let Some(entry) = entry.filter(|e| e.reported) {
@@ -310,7 +356,7 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
                 });
             }
         }
-        if counters.pending.load(Relaxed) == 0 {
+        if counters.exhausted.load(Relaxed) != 0 && counters.pending.load(Relaxed) == 0 {
             counters.exhausted.store(0, Relaxed);
         }
         if shared.has_observers() {

@@ -74,28 +74,23 @@ async fn probe<M: ManageConnection>(pool: &PoolInner<M>) {
     let Ok(Ok(mut conn)) = tokio::time::timeout(limit, pool.bb8.get()).await else {
         return;
     };
-    let ok = match tokio::time::timeout(limit, pool.manager.is_valid(&mut conn.conn)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            shared.set_last_error(&(pool.describe)(&e));
-            false
-        }
+    let ok = match tokio::time::timeout(limit, pool.managed().ping(&mut conn)).await {
+        Ok(ok) => ok,
         Err(_) => {
             shared.set_last_error(&format!(
                 "health probe timed out after {}ms",
                 limit.as_millis()
             ));
+            conn.close = Some(CloseReason::Invalid);
+            shared.record_validation_failure();
             false
         }
     };
     if ok {
         shared.counters.health_ok.fetch_add(1, Relaxed);
-        shared.record_success();
     } else {
         shared.counters.health_failed.fetch_add(1, Relaxed);
-        conn.close = Some(CloseReason::Invalid);
         tracing::warn!(pool = %shared.name, "health probe failed");
-        shared.record_validation_failure();
     }
     shared.emit(&PoolEvent::HealthCheck { ok });
 }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::breaker::BreakerState;
 use crate::builder::PoolBuilder;
-use crate::connection::{Managed, PooledConnection};
+use crate::connection::{Managed, PooledConnection, Tracked, Verdict};
 use crate::error::{CheckoutError, ConnectError, PoolSnapshot, RunError};
 use crate::observer::{CheckoutOutcome, CloseReason, PoolEvent};
 use crate::shared::Shared;
@@ -53,32 +53,56 @@ pub(crate) struct PoolInner<M: ManageConnection> {
 }
 
 impl<M: ManageConnection> PoolInner<M> {
+    /// Walks the idle queue once: each idle connection is taken (a ready, synchronous step)
+    /// and put back, and those for which `retire` names a reason are closed by the putting
+    /// back. Used for forced recycling and for retiring expired idle connections.
+    pub(crate) fn walk_idle(
+        &self,
+        retire: impl Fn(&Tracked<M::Connection>) -> Option<CloseReason>,
+    ) {
+        let generation = self.shared.generation.load(Relaxed);
+        let idle = self.bb8.state().idle_connections;
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..idle {
+            let mut get = pin!(self.bb8.get());
+            match get.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(mut conn)) => {
+                    let stale = conn.generation != generation;
+                    if let Some(reason) = stale
+                        .then_some(CloseReason::Forced)
+                        .or_else(|| retire(&conn))
+                    {
+                        conn.close.get_or_insert(reason);
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+
+    pub(crate) fn managed(&self) -> Managed<M> {
+        Managed {
+            inner: self.manager.clone(),
+            shared: self.shared.clone(),
+            describe: self.describe,
+        }
+    }
+
     /// Opens connections until `base_size` are open (SQLAlchemy keeps its base the same way:
     /// by total, not by idle count; bb8's `min_idle` would keep `base_size` idle *beyond* the
     /// ones in use, and every return would then close one as overflow).
     pub(crate) async fn top_up(&self) -> Result<u32, ConnectError<M::Error>> {
         let shared = &self.shared;
-        if shared.topping_up.swap(true, Relaxed) {
-            return Ok(0);
-        }
-        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Relaxed);
-            }
-        }
-        let _done = Done(&shared.topping_up);
+        // One top-up at a time; a caller that arrives meanwhile waits for it and then finds
+        // nothing missing.
+        let _one_at_a_time = shared.top_up.lock().await;
         let missing = shared
             .config
             .base_size
             .saturating_sub(self.bb8.state().connections);
         let mut connects = tokio::task::JoinSet::new();
         for _ in 0..missing {
-            let managed = Managed {
-                inner: self.manager.clone(),
-                shared: shared.clone(),
-                describe: self.describe,
-            };
+            let managed = self.managed();
             connects.spawn(async move { managed.connect().await });
         }
         let mut opened = 0;
@@ -200,62 +224,109 @@ impl<M: ManageConnection> Pool<M> {
         let shared = &self.inner.shared;
         let probe = shared.admit()?;
         let start = Instant::now();
-        let mut waiting = Waiting::new(shared, probe);
-
-        let mut get = pin!(self.inner.bb8.get_owned());
-        // The common case, an idle connection, completes on the first poll without touching
-        // the breaker's notifier.
-        let first = poll_fn(|cx| match get.as_mut().poll(cx) {
-            Poll::Ready(result) => Poll::Ready(Some(result)),
-            Poll::Pending => Poll::Ready(None),
-        });
-        let (result, direct) = match first.await {
-            Some(result) => (result, true),
-            None => {
-                let counters = &shared.counters;
-                let in_use = counters.in_use.load(Relaxed);
-                if in_use >= u64::from(shared.config.max_size())
-                    && counters.exhausted.swap(1, Relaxed) == 0
-                {
-                    counters.exhaustion_episodes.fetch_add(1, Relaxed);
-                }
-                loop {
-                    let opened = shared.breaker_changed.notified();
-                    if let Some(retry_after) = shared.open_retry_after() {
-                        return Err(shared.reject(retry_after));
+        if !probe {
+            // The common case: an idle connection, used within the bypass window, on the first
+            // poll. No timer, no pending count, no second clock read; it counts as no wait.
+            let mut get = pin!(self.inner.bb8.get_owned());
+            let first = poll_fn(|cx| match get.as_mut().poll(cx) {
+                Poll::Ready(result) => Poll::Ready(Some(result)),
+                Poll::Pending => Poll::Ready(None),
+            });
+            if let Some(Ok(mut conn)) = first.await {
+                match self.managed().verdict(&mut conn, start) {
+                    Verdict::Valid => {
+                        return Ok(self.hand_out(conn, start, Duration::ZERO, true, location))
                     }
-                    tokio::select! {
-                        biased;
-                        result = &mut get => break (result, false),
-                        () = opened => continue,
+                    Verdict::Ping => {
+                        return Box::pin(self.checkout_slow(start, false, location, Some(conn)))
+                            .await
                     }
+                    Verdict::Retired => drop(conn),
                 }
             }
-        };
-        let waited = start.elapsed();
+        }
+        // Boxed: the slow path's state is large, and keeping it out of line keeps the future
+        // that every checkout creates (and moves) small.
+        Box::pin(self.checkout_slow(start, probe, location, None)).await
+    }
+
+    fn managed(&self) -> Managed<M> {
+        self.inner.managed()
+    }
+
+    fn hand_out(
+        &self,
+        conn: bb8::PooledConnection<'static, Managed<M>>,
+        now: Instant,
+        waited: Duration,
+        direct: bool,
+        location: &'static Location<'static>,
+    ) -> PooledConnection<M> {
+        let shared = &self.inner.shared;
         let counters = &shared.counters;
+        let in_use = counters.in_use.fetch_add(1, Relaxed) + 1;
+        counters.checkouts.fetch_add(1, Relaxed);
+        if !direct {
+            counters.checkouts_waited.fetch_add(1, Relaxed);
+            counters.record_wait(waited);
+        }
+        shared.check_rise(in_use);
+        if shared.has_observers() {
+            shared.emit(&PoolEvent::Checkout {
+                waited,
+                outcome: CheckoutOutcome::Ok,
+            });
+        }
+        let leak_id = shared.leaks.as_ref().map(|l| l.register(location, now));
+        PooledConnection::new(conn, now, leak_id)
+    }
+
+    /// Waits in the queue (failing fast if the breaker opens meanwhile), validates what it
+    /// gets, and retries with another connection until the checkout timeout.
+    async fn checkout_slow(
+        &self,
+        start: Instant,
+        probe: bool,
+        location: &'static Location<'static>,
+        mut candidate: Option<bb8::PooledConnection<'static, Managed<M>>>,
+    ) -> Result<PooledConnection<M>, CheckoutError> {
+        let shared = &self.inner.shared;
+        let counters = &shared.counters;
+        let mut waiting = Waiting::new(shared, probe);
+        if counters.in_use.load(Relaxed) >= u64::from(shared.config.max_size())
+            && counters.exhausted.swap(1, Relaxed) == 0
+        {
+            counters.exhaustion_episodes.fetch_add(1, Relaxed);
+        }
+        let managed = self.managed();
+        let deadline = start + shared.config.checkout_timeout;
+        let attempt = tokio::time::timeout_at(deadline, async {
+            loop {
+                let mut conn = match candidate.take() {
+                    Some(conn) => conn,
+                    None => self.next_connection().await?,
+                };
+                if managed.validate(&mut conn, Instant::now()).await {
+                    return Ok(conn);
+                }
+                // Condemned (reason set): dropping it closes it. Try another.
+            }
+        })
+        .await;
+        let result = match attempt {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(Next::Rejected(e))) => return Err(e),
+            Ok(Err(Next::Failed(e))) => Err(Some(e)),
+            Err(_elapsed) => Err(None),
+        };
+        let now = Instant::now();
+        let waited = now.saturating_duration_since(start);
         match result {
             Ok(conn) => {
                 waiting.done(true);
-                let in_use = counters.in_use.fetch_add(1, Relaxed) + 1;
-                if direct {
-                    counters.checkouts_direct.fetch_add(1, Relaxed);
-                } else {
-                    counters.checkouts_waited.fetch_add(1, Relaxed);
-                    counters.record_wait(waited);
-                }
-                shared.check_rise(in_use);
-                if shared.has_observers() {
-                    shared.emit(&PoolEvent::Checkout {
-                        waited,
-                        outcome: CheckoutOutcome::Ok,
-                    });
-                }
-                let now = Instant::now();
-                let leak_id = shared.leaks.as_ref().map(|l| l.register(location, now));
-                Ok(PooledConnection::new(conn, shared.clone(), now, leak_id))
+                Ok(self.hand_out(conn, now, waited, false, location))
             }
-            Err(e) => {
+            Err(error) => {
                 let state = self.inner.bb8.state();
                 let snapshot = PoolSnapshot {
                     total: state.connections,
@@ -267,9 +338,9 @@ impl<M: ManageConnection> Pool<M> {
                 waiting.done(false);
                 counters.timeouts.fetch_add(1, Relaxed);
                 counters.record_wait(waited);
-                let last_error = match e {
-                    bb8::RunError::User(e) => Some(shared.scrub(&e.to_string())),
-                    bb8::RunError::TimedOut => shared.last_error(),
+                let last_error = match error {
+                    Some(bb8::RunError::User(e)) => Some(shared.scrub(&e.to_string())),
+                    Some(bb8::RunError::TimedOut) | None => shared.last_error(),
                 };
                 shared.emit(&PoolEvent::Checkout {
                     waited,
@@ -290,6 +361,25 @@ impl<M: ManageConnection> Pool<M> {
                     snapshot,
                     last_error,
                 })
+            }
+        }
+    }
+
+    /// One connection from bb8's queue, unless the breaker opens first.
+    async fn next_connection(
+        &self,
+    ) -> Result<bb8::PooledConnection<'static, Managed<M>>, Next<M::Error>> {
+        let shared = &self.inner.shared;
+        let mut get = pin!(self.inner.bb8.get_owned());
+        loop {
+            let opened = shared.breaker_changed.notified();
+            if let Some(retry_after) = shared.open_retry_after() {
+                return Err(Next::Rejected(shared.reject(retry_after)));
+            }
+            tokio::select! {
+                biased;
+                result = &mut get => return result.map_err(Next::Failed),
+                () = opened => continue,
             }
         }
     }
@@ -376,14 +466,7 @@ impl<M: ManageConnection> Pool<M> {
         let closed_before = shared.counters.closed[CloseReason::Forced.index()].load(Relaxed);
         shared.generation.fetch_add(1, Relaxed);
         let checked_out = shared.counters.in_use.load(Relaxed);
-        // One poll of a checkout drains the idle queue: every stale connection is rejected by
-        // `is_valid` before its first await, so bb8 drops them one after another within this
-        // poll. What it yields (a connection or a wait) is dropped and goes back.
-        {
-            let mut get = pin!(self.inner.bb8.get());
-            let mut cx = Context::from_waker(Waker::noop());
-            let _ = get.as_mut().poll(&mut cx);
-        }
+        self.inner.walk_idle(|_| Some(CloseReason::Forced));
         let idle_closed =
             shared.counters.closed[CloseReason::Forced.index()].load(Relaxed) - closed_before;
         tracing::warn!(
@@ -452,7 +535,10 @@ impl<M: ManageConnection> Pool<M> {
             utilization_level: shared.level(),
             exhausted: in_use >= max && pending > 0,
             exhaustion_episodes: c.exhaustion_episodes.load(Relaxed),
-            checkouts_direct: c.checkouts_direct.load(Relaxed),
+            checkouts_direct: c
+                .checkouts
+                .load(Relaxed)
+                .saturating_sub(c.checkouts_waited.load(Relaxed)),
             checkouts_waited: c.checkouts_waited.load(Relaxed),
             checkout_timeouts: c.timeouts.load(Relaxed),
             checkouts_rejected: c.rejected.load(Relaxed),
@@ -477,6 +563,11 @@ impl<M: ManageConnection> Pool<M> {
             monitor: MonitorStatus::from_u8(shared.monitor_status.load(Relaxed)),
         }
     }
+}
+
+enum Next<E> {
+    Rejected(CheckoutError),
+    Failed(bb8::RunError<ConnectError<E>>),
 }
 
 /// Counts a checkout as pending while it waits; if the future is dropped mid-wait the count

@@ -43,9 +43,12 @@ pub(crate) struct Shared {
     level: AtomicU8,
     pub(crate) monitor_status: AtomicU8,
     pub(crate) closing: AtomicBool,
-    pub(crate) topping_up: AtomicBool,
+    pub(crate) top_up: tokio::sync::Mutex<()>,
     pub(crate) leaks: Option<LeakRegistry>,
     url: Option<DatabaseUrl>,
+    /// The smallest in-use count at or above the warn threshold (an integer compare on the
+    /// checkout path instead of a division).
+    warn_in_use: u64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -97,7 +100,10 @@ impl Shared {
             next_id: AtomicU64::new(0),
             entries: Mutex::new(HashMap::new()),
         });
+        let warn_in_use =
+            (config.warn_utilization * f64::from(config.max_size().max(1)) - 1e-9).ceil() as u64;
         Shared {
+            warn_in_use,
             name: name.into(),
             backend,
             url: config.database_url.clone(),
@@ -114,7 +120,7 @@ impl Shared {
             level: AtomicU8::new(0),
             monitor_status: AtomicU8::new(0),
             closing: AtomicBool::new(false),
-            topping_up: AtomicBool::new(false),
+            top_up: tokio::sync::Mutex::new(()),
             leaks,
         }
     }
@@ -347,11 +353,11 @@ impl Shared {
     /// On checkout: only a rise is reported, so a spike between monitor ticks is not missed;
     /// the monitor reports the fall.
     pub(crate) fn check_rise(&self, in_use: u64) {
-        let max = self.config.max_size().max(1);
-        let utilization = in_use as f64 / f64::from(max);
-        if utilization < self.config.warn_utilization {
+        if in_use < self.warn_in_use {
             return;
         }
+        let max = self.config.max_size().max(1);
+        let utilization = in_use as f64 / f64::from(max);
         let current = self.level();
         let next = self.level_for(utilization, current);
         if next > current {

@@ -176,7 +176,7 @@ fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S
 /// The counters behind [`PoolStats`]; relaxed atomics, bumped on the hot path.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) checkouts_direct: AtomicU64,
+    pub(crate) checkouts: AtomicU64,
     pub(crate) checkouts_waited: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     pub(crate) rejected: AtomicU64,

@@ -502,9 +502,7 @@ async fn the_monitor_probes_an_idle_pool_and_stops_with_it() {
         .await;
     let s = pool.stats();
     assert_eq!((s.health_checks_ok, s.health_checks_failed), (1, 1));
-    // The probe's checkout found the idle connection failing its ping and replaced it; the
-    // probe's own ping on the replacement failed too.
-    assert_eq!(s.connections_closed.invalid, 2);
+    assert_eq!(s.connections_closed.invalid, 1);
 
     let weak_state = Arc::downgrade(&state);
     drop(pool);
@@ -565,4 +563,22 @@ async fn stats_serialize_to_json_with_every_field() {
     assert_eq!(json["monitor"], "running");
     assert_eq!(json["utilization_level"], "normal");
     assert!(json["wait_time_total"].is_f64());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_monitor_retires_idle_connections_past_their_lifetime_and_restores_the_base() {
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(0)
+        .max_lifetime(Duration::from_secs(100))
+        .health_interval(Duration::from_secs(10))
+        .build(manager)
+        .unwrap();
+    pool.warm_up().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(105)).await;
+    let s = pool.stats();
+    assert_eq!(s.connections_closed.max_lifetime, 1);
+    assert_eq!((s.size, s.idle), (1, 1), "the base was re-opened");
+    assert_eq!(state.connects.load(SeqCst), 2);
 }

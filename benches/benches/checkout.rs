@@ -54,13 +54,7 @@ const PER_TASK: u64 = 1000;
 
 fn bench(c: &mut Criterion) {
     let rt = runtime();
-    let bb8 = rt.block_on(async {
-        bb8::Pool::builder()
-            .max_size(16)
-            .build(Unit)
-            .await
-            .unwrap()
-    });
+    let bb8 = rt.block_on(async { bb8::Pool::builder().max_size(16).build(Unit).await.unwrap() });
     let core = rt.block_on(async {
         let pool = Pool::builder()
             .base_size(16)
