@@ -1,28 +1,4 @@
-//! The circuit breaker: a pure state machine. It does no I/O and reads no clock; every call
-//! takes the current time, so it is tested exhaustively without waiting.
-//!
-//! ```
-//! use std::time::{Duration, Instant};
-//! use pool_core::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
-//!
-//! let mut breaker = CircuitBreaker::new(BreakerConfig {
-//!     failure_threshold: 2,
-//!     recovery_timeout: Duration::from_secs(10),
-//!     success_threshold: 1,
-//!     half_open_max_probes: 1,
-//!     ..BreakerConfig::default()
-//! });
-//! let t0 = Instant::now();
-//! breaker.on_failure(t0);
-//! let opened = breaker.on_failure(t0).unwrap();
-//! assert_eq!((opened.from, opened.to), (BreakerState::Closed, BreakerState::Open));
-//! assert!(matches!(breaker.admit(t0).0, Admission::Rejected { .. }));
-//!
-//! let (admission, half_open) = breaker.admit(t0 + Duration::from_secs(10));
-//! assert_eq!(admission, Admission::Probe);
-//! assert_eq!(half_open.unwrap().to, BreakerState::HalfOpen);
-//! assert_eq!(breaker.on_probe_success(t0).unwrap().to, BreakerState::Closed);
-//! ```
+//! The circuit breaker's pure state machine.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -160,7 +136,31 @@ pub enum Admission {
 /// How long a caller turned away in half-open (all probes busy) is told to wait.
 const HALF_OPEN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// The breaker's state machine. See the [module docs](self) for the rules.
+/// The circuit breaker: a pure state machine. It does no I/O and reads no clock; every call
+/// takes the current time, so it is tested exhaustively without waiting.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use pool_core::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
+///
+/// let mut breaker = CircuitBreaker::new(BreakerConfig {
+///     failure_threshold: 2,
+///     recovery_timeout: Duration::from_secs(10),
+///     success_threshold: 1,
+///     half_open_max_probes: 1,
+///     ..BreakerConfig::default()
+/// });
+/// let t0 = Instant::now();
+/// breaker.on_failure(t0);
+/// let opened = breaker.on_failure(t0).unwrap();
+/// assert_eq!((opened.from, opened.to), (BreakerState::Closed, BreakerState::Open));
+/// assert!(matches!(breaker.admit(t0).0, Admission::Rejected { .. }));
+///
+/// let (admission, half_open) = breaker.admit(t0 + Duration::from_secs(10));
+/// assert_eq!(admission, Admission::Probe);
+/// assert_eq!(half_open.unwrap().to, BreakerState::HalfOpen);
+/// assert_eq!(breaker.on_probe_success(t0).unwrap().to, BreakerState::Closed);
+/// ```
 #[derive(Clone, Debug)]
 pub struct CircuitBreaker {
     config: BreakerConfig,

@@ -178,13 +178,11 @@ impl<M: ManageConnection> Pool<M> {
     /// in the background when it is built and on every monitor tick; await it at start-up to
     /// find out at once whether the database is reachable.
     ///
-    /// Returns how many connections it opened.
-    ///
     /// # Errors
     ///
     /// The first connection error (the others are counted in the stats).
-    pub async fn warm_up(&self) -> Result<u32, ConnectError<M::Error>> {
-        self.inner.top_up().await
+    pub async fn warm_up(&self) -> Result<(), ConnectError<M::Error>> {
+        self.inner.top_up().await.map(drop)
     }
 
     /// The pool's name.
