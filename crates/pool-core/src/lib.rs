@@ -26,7 +26,7 @@ pub use connection::PooledConnection;
 pub use env::parse_duration;
 pub use error::{BuildError, CheckoutError, ConnectError, PoolSnapshot, RunError};
 pub use observer::{CheckoutOutcome, CloseReason, PoolEvent, PoolObserver, UtilizationLevel};
-pub use pool::{Pool, RecycleReport};
+pub use pool::{Pool, RecycleReport, WeakPool};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresPool;
 #[cfg(feature = "sqlite")]

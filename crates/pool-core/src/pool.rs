@@ -158,6 +158,33 @@ impl<M: ManageConnection> fmt::Debug for Pool<M> {
     }
 }
 
+/// A reference to a [`Pool`] that does not keep it alive (for telemetry callbacks and
+/// registries that must not outlive the pool).
+pub struct WeakPool<M: ManageConnection> {
+    inner: std::sync::Weak<PoolInner<M>>,
+}
+
+impl<M: ManageConnection> WeakPool<M> {
+    /// The pool, if it still exists.
+    pub fn upgrade(&self) -> Option<Pool<M>> {
+        self.inner.upgrade().map(|inner| Pool { inner })
+    }
+}
+
+impl<M: ManageConnection> Clone for WeakPool<M> {
+    fn clone(&self) -> Self {
+        WeakPool {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<M: ManageConnection> fmt::Debug for WeakPool<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakPool").finish_non_exhaustive()
+    }
+}
+
 /// What [`Pool::force_recycle`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -183,6 +210,13 @@ impl<M: ManageConnection> Pool<M> {
     /// The first connection error (the others are counted in the stats).
     pub async fn warm_up(&self) -> Result<(), ConnectError<M::Error>> {
         self.inner.top_up().await.map(drop)
+    }
+
+    /// A reference that does not keep the pool alive.
+    pub fn downgrade(&self) -> WeakPool<M> {
+        WeakPool {
+            inner: Arc::downgrade(&self.inner),
+        }
     }
 
     /// The pool's name.
@@ -212,6 +246,19 @@ impl<M: ManageConnection> Pool<M> {
         &self,
     ) -> impl Future<Output = Result<PooledConnection<M>, CheckoutError>> + Send + '_ {
         let location = Location::caller();
+        self.checkout(location)
+    }
+
+    /// [`Pool::get`] recording `location` instead of the caller's, for wrappers that check
+    /// out on behalf of their own caller (a request extension, a job runner).
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::get`].
+    pub fn get_at(
+        &self,
+        location: &'static Location<'static>,
+    ) -> impl Future<Output = Result<PooledConnection<M>, CheckoutError>> + Send + '_ {
         self.checkout(location)
     }
 

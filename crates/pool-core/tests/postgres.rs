@@ -52,12 +52,8 @@ async fn base_two_plus_overflow_three_grows_to_five_and_settles_at_two_idle() {
         .observer(recorder.clone())
         .build_postgres()
         .unwrap();
-    assert_eq!(
-        pool.warm_up().await.unwrap(),
-        2,
-        "the base is opened up front"
-    );
-    assert_eq!(pool.stats().idle, 2);
+    pool.warm_up().await.unwrap();
+    assert_eq!(pool.stats().idle, 2, "the base is opened up front");
 
     let holders: Vec<_> = (0..5)
         .map(|_| {
