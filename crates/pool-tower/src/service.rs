@@ -1,0 +1,127 @@
+//! [`PoolService`]: the middleware itself.
+
+use std::fmt;
+use std::panic::Location;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TraceContextExt;
+use pool_core::ManageConnection;
+use tower_service::Service;
+
+use crate::extract::{checkout, Db, Slot};
+use crate::future::{ReleaseOnDrop, ResponseFuture};
+use crate::layer::{LayerShared, Mode};
+use crate::response::Rejection;
+
+/// The service [`PoolLayer`](crate::PoolLayer) produces. Cheap to clone.
+pub struct PoolService<S, M: ManageConnection, R> {
+    inner: S,
+    shared: Arc<LayerShared<M, R>>,
+}
+
+impl<S, M: ManageConnection, R> PoolService<S, M, R> {
+    pub(crate) fn new(inner: S, shared: Arc<LayerShared<M, R>>) -> Self {
+        PoolService { inner, shared }
+    }
+}
+
+impl<S: Clone, M: ManageConnection, R> Clone for PoolService<S, M, R> {
+    fn clone(&self) -> Self {
+        PoolService {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, M: ManageConnection, R> fmt::Debug for PoolService<S, M, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolService")
+            .field("inner", &self.inner)
+            .field("pool", &self.shared.pool.name())
+            .field("mode", &self.shared.mode)
+            .finish()
+    }
+}
+
+impl<S, M, R, ReqBody, ResBody> Service<Request<ReqBody>> for PoolService<S, M, R>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    M: ManageConnection,
+    R: Rejection<ResBody>,
+    ReqBody: Send + 'static,
+    ResBody: 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, M, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let parent = sampled_parent(&req);
+        let slot = Slot::new(self.shared.pool.clone(), parent);
+        req.extensions_mut().insert(Db::new(slot.clone()));
+        match self.shared.mode {
+            Mode::Lazy => ResponseFuture::lazy(self.inner.call(req), slot),
+            Mode::Eager => {
+                // The inner service was made ready by `poll_ready`; keep that instance for
+                // this request and leave a fresh clone behind (tower's usual pattern).
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let rejection = self.shared.rejection.clone();
+                let location = Location::caller();
+                ResponseFuture::eager(Box::pin(async move {
+                    let _release = ReleaseOnDrop(slot.clone());
+                    match checkout(slot.pool(), slot.parent(), location).await {
+                        Ok(conn) => {
+                            slot.put(conn);
+                            let result = inner.call(req).await;
+                            slot.release();
+                            result
+                        }
+                        Err(error) => {
+                            slot.release();
+                            Ok(rejection.rejection(&error))
+                        }
+                    }
+                }))
+            }
+        }
+    }
+}
+
+/// The trace this request belongs to, if it is sampled: the current OpenTelemetry context,
+/// else the one the global propagator extracts from the headers. `None` costs nothing later.
+fn sampled_parent<B>(req: &Request<B>) -> Option<opentelemetry::Context> {
+    let current = opentelemetry::Context::current();
+    if current.span().span_context().is_sampled() {
+        return Some(current);
+    }
+    let extracted = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(req.headers()))
+    });
+    extracted
+        .span()
+        .span_context()
+        .is_sampled()
+        .then_some(extracted)
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
