@@ -1,0 +1,176 @@
+//! axum and tonic end to end on 127.0.0.1: real HTTP, real PostgreSQL (started by
+//! `scripts/test.sh`), real gRPC.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use common::{closed_port, http_get, pg_url};
+use pool_core::postgres::{tokio_postgres::NoTls, PostgresConnectionManager};
+use pool_core::{BreakerConfig, BreakerState, PoolBuilder, PostgresPool};
+use pool_tower::{Db, DbError, PoolLayer};
+
+type Pg = PostgresConnectionManager<NoTls>;
+
+async fn answer(db: Db<Pg>) -> Result<String, DbError> {
+    let conn = db.conn().await?;
+    let row = conn
+        .query_one("select 40 + 2", &[])
+        .await
+        .map_err(|_| DbError::Query)?;
+    Ok(row.get::<_, i32>(0).to_string())
+}
+
+async fn plain() -> &'static str {
+    "no database here"
+}
+
+/// The layer must fit `Router::layer` (a compile-time check as much as a runtime one).
+fn app(pool: PostgresPool) -> Router {
+    Router::new()
+        .route("/answer", get(answer))
+        .route("/plain", get(plain))
+        .layer(PoolLayer::new(pool))
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_route_answers_200_and_returns_its_connection() {
+    let Some(url) = pg_url("a_query_route_answers_200_and_returns_its_connection") else {
+        return;
+    };
+    let pool = PoolBuilder::postgres()
+        .database_url(&url)
+        .base_size(1)
+        .max_overflow(1)
+        .build_postgres()
+        .unwrap();
+    let addr = serve(app(pool.clone())).await;
+    let response = http_get(addr, "/answer", &[]).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.body, "42");
+    let response = http_get(addr, "/plain", &[]).await;
+    assert_eq!(response.status, 200);
+    let s = pool.stats();
+    assert_eq!(s.in_use, 0);
+    assert_eq!(
+        s.checkouts_direct + s.checkouts_waited,
+        1,
+        "only /answer checked out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_pool_answers_503_with_retry_after() {
+    let Some(url) = pg_url("an_exhausted_pool_answers_503_with_retry_after") else {
+        return;
+    };
+    let pool = PoolBuilder::postgres()
+        .database_url(&url)
+        .base_size(1)
+        .max_overflow(0)
+        .checkout_timeout(Duration::from_millis(300))
+        .build_postgres()
+        .unwrap();
+    let addr = serve(app(pool.clone())).await;
+    let held = pool.get().await.unwrap();
+    let response = http_get(addr, "/answer", &[]).await;
+    assert_eq!(response.status, 503);
+    assert_eq!(response.header("retry-after"), Some("1"));
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/problem+json")
+    );
+    let body = response.json();
+    assert_eq!(body["status"], 503);
+    assert!(!response.body.contains("pool-test-secret") && !response.body.contains("127.0.0.1"));
+    drop(held);
+    assert_eq!(http_get(addr, "/answer", &[]).await.status, 200);
+    assert_eq!(pool.stats().checkout_timeouts, 1);
+}
+
+fn dead_pool(recovery: Duration) -> PostgresPool {
+    PoolBuilder::postgres()
+        .database_url(&format!(
+            "postgres://app:pw@127.0.0.1:{}/app",
+            closed_port()
+        ))
+        .base_size(0)
+        .max_overflow(2)
+        .checkout_timeout(Duration::from_secs(20))
+        .breaker(BreakerConfig {
+            failure_threshold: 1,
+            recovery_timeout: recovery,
+            ..BreakerConfig::default()
+        })
+        .build_postgres()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_answers_503_with_the_remaining_open_time() {
+    // No server is needed: the database is a closed port, so the breaker opens for real.
+    let pool = dead_pool(Duration::from_secs(30));
+    let addr = serve(app(pool.clone())).await;
+    let first = http_get(addr, "/answer", &[]).await;
+    assert_eq!(first.status, 503);
+    assert_eq!(pool.breaker_state(), BreakerState::Open);
+    let retry_after: u64 = first.header("retry-after").unwrap().parse().unwrap();
+    assert!((29..=30).contains(&retry_after), "{retry_after}");
+    let body = first.json();
+    assert!(body["detail"].as_str().unwrap().contains("unavailable"));
+    let second = http_get(addr, "/answer", &[]).await;
+    assert_eq!(second.status, 503);
+    let retry_after: u64 = second.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    // Routes without the database still work while it is down.
+    assert_eq!(http_get(addr, "/plain", &[]).await.status, 200);
+    assert_eq!(pool.stats().checkouts_rejected, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tonic_answers_unavailable_while_the_breaker_is_open() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let pool = dead_pool(Duration::from_secs(30));
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let layer = PoolLayer::new(pool.clone()).grpc().eager();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(health)
+            .serve_with_incoming(incoming)
+            .await
+            .unwrap();
+    });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    for _ in 0..2 {
+        let status = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+    assert_eq!(pool.breaker_state(), BreakerState::Open);
+    assert_eq!(pool.stats().checkouts_rejected, 2);
+}
