@@ -24,12 +24,10 @@ fn pool() -> Pool<Mem> {
 
 type Mock = mock::Mock<Request<()>, Response<String>>;
 
-fn service(
-    layer: PoolLayer<Mem>,
-) -> (
-    mock::Spawn<pool_tower::PoolService<Mock, Mem, pool_tower::JsonRejection>>,
-    mock::Handle<Request<()>, Response<String>>,
-) {
+type Svc = mock::Spawn<pool_tower::PoolService<Mock, Mem, pool_tower::JsonRejection>>;
+type MockHandle = mock::Handle<Request<()>, Response<String>>;
+
+fn service(layer: PoolLayer<Mem>) -> (Svc, MockHandle) {
     let (inner, handle) = mock::pair::<Request<()>, Response<String>>();
     (mock::Spawn::new(layer.layer(inner)), handle)
 }
