@@ -143,9 +143,18 @@ pub(crate) async fn checkout<M: ManageConnection>(
     parent: Option<&Context>,
     location: &'static Location<'static>,
 ) -> Result<PooledConnection<M>, CheckoutError> {
-    let Some(parent) = parent else {
-        return pool.get_at(location).await;
-    };
+    match parent {
+        None => pool.get_at(location).await,
+        // Boxed: the span's state stays out of the future every checkout creates and moves.
+        Some(parent) => Box::pin(traced_checkout(pool, parent, location)).await,
+    }
+}
+
+async fn traced_checkout<M: ManageConnection>(
+    pool: &Pool<M>,
+    parent: &Context,
+    location: &'static Location<'static>,
+) -> Result<PooledConnection<M>, CheckoutError> {
     let tracer = opentelemetry::global::tracer("pool-tower");
     let mut span = tracer
         .span_builder(semconv::SPAN_CHECKOUT)

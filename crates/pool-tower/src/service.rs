@@ -104,6 +104,19 @@ fn sampled_parent<B>(req: &Request<B>) -> Option<opentelemetry::Context> {
     if current.span().span_context().is_sampled() {
         return Some(current);
     }
+    // W3C `traceparent` (`00-<trace id>-<span id>-<flags>`): an unsampled flag byte settles it
+    // without a full extraction (which allocates a context per request).
+    if let Some(flags) = req
+        .headers()
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.get(53..55))
+        .and_then(|f| u8::from_str_radix(f, 16).ok())
+    {
+        if flags & 1 == 0 {
+            return None;
+        }
+    }
     let extracted = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&HeaderExtractor(req.headers()))
     });
@@ -113,6 +126,8 @@ fn sampled_parent<B>(req: &Request<B>) -> Option<opentelemetry::Context> {
         .is_sampled()
         .then_some(extracted)
 }
+
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
