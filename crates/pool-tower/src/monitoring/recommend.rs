@@ -95,9 +95,11 @@ pub fn recommendations(s: &PoolStats) -> Vec<Recommendation> {
                 Severity::Warning
             },
             message: format!(
-                "The pool is {:.0}% utilized ({} of {} in use, {} waiting). Raise the base size \
+                "Utilization reached the {} level since the last monitor check (now {:.0}%: {} \
+                 of {} in use, {} waiting). If it stays there, raise the base size \
                  (DB_POOL_SIZE) or the overflow (DB_MAX_OVERFLOW), or shorten how long requests \
                  hold connections.",
+                s.utilization_level,
                 s.utilization * 100.0,
                 s.in_use,
                 s.max_size,

@@ -1,0 +1,123 @@
+//! The README's first command, as a new user runs it: no setup, embedded SQLite. Starts the
+//! real binary on a free port, reads the banner, and uses the documented routes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn the_service_starts_with_no_setup_and_serves_the_documented_routes() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_axum-service"))
+        .env("PORT", "0")
+        .env_remove("DATABASE_URL")
+        .env_remove("MONITORING_TOKEN")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let service = Service(child);
+    // Read the banner (bounded): it names the address and the generated monitoring token.
+    let banner = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut lines = BufReader::new(stdout).lines();
+        let mut text = String::new();
+        while Instant::now() < deadline {
+            let Some(Ok(line)) = lines.next() else { break };
+            text.push_str(&line);
+            text.push('\n');
+            if line.contains("Ctrl-C") {
+                break;
+            }
+        }
+        text
+    })
+    .await
+    .unwrap();
+    assert!(banner.contains("SQLite (embedded)"), "{banner}");
+    let addr = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {banner}"))
+        .to_owned();
+    let token = banner
+        .split("Bearer ")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap()
+        .to_owned();
+
+    assert_eq!(
+        request(&addr, "GET", "/health", &[], "").await,
+        (200, "ok\n".into())
+    );
+    let (status, body) = request(
+        &addr,
+        "POST",
+        "/notes",
+        &["Content-Type: application/json"],
+        r#"{"title":"first","body":"hello"}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(body.contains(r#""title":"first""#), "{body}");
+    let (status, body) = request(&addr, "GET", "/notes/1", &[], "").await;
+    assert_eq!((status, body.contains("hello")), (200, true), "{body}");
+    assert_eq!(request(&addr, "GET", "/notes/99", &[], "").await.0, 404);
+    assert_eq!(request(&addr, "GET", "/slow?ms=10", &[], "").await.0, 200);
+
+    assert_eq!(
+        request(&addr, "GET", "/monitoring/connection-pool", &[], "")
+            .await
+            .0,
+        401
+    );
+    let auth = format!("Authorization: Bearer {token}");
+    let (status, body) = request(&addr, "GET", "/monitoring/connection-pool", &[&auth], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""backend":"sqlite""#), "{body}");
+    drop(service);
+}
