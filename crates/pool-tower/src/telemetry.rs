@@ -193,7 +193,7 @@ impl PoolTelemetry {
                 let pools = pools.clone();
                 meter
                     .i64_observable_gauge(names::BREAKER_STATE_METRIC)
-                    .with_unit("1")
+                    .with_unit("{state}")
                     .with_description(
                         "1 for the circuit breaker's current state, 0 for the others.",
                     )
