@@ -45,6 +45,34 @@ start_pg() {
 }
 step "start PostgreSQL" start_pg
 
+# --- Prometheus's tools and the OpenTelemetry Collector (for the end-to-end test) -----------
+install_prometheus() {
+  command -v promtool >/dev/null && command -v prometheus >/dev/null && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "Prometheus is not installed and this is not root: sudo apt-get install -y prometheus"
+    return 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
+}
+step "install Prometheus (promtool)" install_prometheus
+
+check_prometheus_files() {
+  promtool check config deploy/prometheus/prometheus.yml &&
+    promtool check rules deploy/prometheus/rules/*.yml &&
+    promtool test rules deploy/prometheus/tests/*.test.yml
+}
+step "promtool check config, check rules, test rules" check_prometheus_files
+
+build_collector() {
+  command -v go >/dev/null || { echo "Go is not installed"; return 1; }
+  local out="${CARGO_TARGET_DIR:-$ROOT/target}/otelcol/otelcol-pool"
+  (cd collector && go build -o "$out" .) || return 1
+  export POOL_E2E_OTELCOL=$out
+  "$out" --version
+}
+step "build the OpenTelemetry Collector from its Go modules" build_collector
+
 # --- checks -----------------------------------------------------------------------------------
 if [ $have_fmt = 1 ]; then
   step "cargo fmt --check" cargo fmt --all -- --check

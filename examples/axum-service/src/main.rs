@@ -7,6 +7,7 @@ mod routes;
 mod store;
 mod telemetry;
 
+use std::io::Write;
 use std::net::SocketAddr;
 
 use pool_core::{PoolBuilder, PoolConfig};
@@ -107,30 +108,31 @@ async fn serve<S: Store>(
     let app = routes::router::<S>(pool.clone(), monitoring);
 
     let base = format!("http://{addr}");
-    println!();
-    println!("  axum-service on {} (pool `{}`)", S::name(), pool.name());
-    println!(
-        "  API         {base}/notes   (POST {{\"title\":…}} to create, GET to list, /notes/ID)"
-    );
-    println!(
-        "              {base}/slow?ms=500   holds a connection;   {base}/health   no database"
-    );
-    println!(
-        "  monitoring  curl -H 'Authorization: Bearer {token}' {base}/monitoring/connection-pool"
-    );
+    let mut banner = vec![
+        String::new(),
+        format!("  axum-service on {} (pool `{}`)", S::name(), pool.name()),
+        format!("  API         {base}/notes   (POST {{\"title\":…}} to create, GET to list, /notes/ID)"),
+        format!("              {base}/slow?ms=500   holds a connection;   {base}/health   no database"),
+        format!("  monitoring  curl -H 'Authorization: Bearer {token}' {base}/monitoring/connection-pool"),
+    ];
     if generated {
-        println!(
+        banner.push(
             "              (token generated for this run; set MONITORING_TOKEN to choose one)"
+                .into(),
         );
     }
-    match &telemetry.exporting_to {
-        Some(endpoint) => println!("  telemetry   OTLP to {endpoint}"),
-        None => println!(
+    banner.push(match &telemetry.exporting_to {
+        Some(endpoint) => format!("  telemetry   OTLP to {endpoint}"),
+        None => {
             "  telemetry   not exported (set OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317)"
-        ),
-    }
-    println!("  Ctrl-C stops it cleanly.");
-    println!();
+                .into()
+        }
+    });
+    banner.push("  Ctrl-C stops it cleanly.\n".into());
+    // Written at once; a closed stdout (a supervisor that stopped reading) is not fatal.
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all((banner.join("\n") + "\n").as_bytes());
+    let _ = stdout.flush();
 
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
