@@ -53,6 +53,11 @@ impl SqliteManager {
     /// A manager for `path`, or for a fresh in-memory database shared by the pool's
     /// connections when `path` is `:memory:`.
     ///
+    /// File databases run in WAL mode with a 5 s busy timeout, so readers and a writer work
+    /// side by side. A shared in-memory database locks whole tables: with several connections,
+    /// concurrent writes fail with `SQLITE_LOCKED` instead of waiting, so give a pool that
+    /// writes concurrently a file.
+    ///
     /// # Errors
     ///
     /// The error of opening the in-memory database's keeper connection.

@@ -234,25 +234,13 @@ pub(crate) fn redact(text: &str) -> String {
         out.push_str(&redact_query_password(tail));
         out
     } else {
-        text.split(' ')
-            .map(|pair| {
-                if pair.to_ascii_lowercase().starts_with("password=") {
-                    "password=***"
-                } else {
-                    pair
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+        redact_password_pairs(text, ' ')
     }
 }
 
-fn redact_query_password(tail: &str) -> String {
-    let Some((path, query)) = tail.split_once('?') else {
-        return tail.to_owned();
-    };
-    let query = query
-        .split('&')
+/// `password=…` among `key=value` pairs separated by `separator`, hidden.
+fn redact_password_pairs(text: &str, separator: char) -> String {
+    text.split(separator)
         .map(|pair| {
             if pair.to_ascii_lowercase().starts_with("password=") {
                 "password=***"
@@ -261,8 +249,14 @@ fn redact_query_password(tail: &str) -> String {
             }
         })
         .collect::<Vec<_>>()
-        .join("&");
-    format!("{path}?{query}")
+        .join(&separator.to_string())
+}
+
+fn redact_query_password(tail: &str) -> String {
+    match tail.split_once('?') {
+        Some((path, query)) => format!("{path}?{}", redact_password_pairs(query, '&')),
+        None => tail.to_owned(),
+    }
 }
 
 impl fmt::Debug for DatabaseUrl {

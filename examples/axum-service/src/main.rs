@@ -1,14 +1,19 @@
 //! The main job: an axum service on a pool-core pool, instrumented with pool-tower.
 //!
 //! Runs with no setup on embedded SQLite; set `DATABASE_URL=postgres://…` for PostgreSQL.
-//! `cargo run -p axum-service`, then see the banner.
+//! `cargo run -p axum-service`, then see the banner. `cargo run -p axum-service -- --load 60`
+//! also drives the API for 60 s with a live progress line (`--workers N`, default 32), then
+//! stops by itself.
 
+mod load;
 mod routes;
 mod store;
 mod telemetry;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use pool_core::{PoolBuilder, PoolConfig};
 use pool_tower::{Monitoring, PoolTelemetry};
@@ -19,6 +24,7 @@ use store::Store;
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 EnvFilter::new("info,opentelemetry=warn,opentelemetry_sdk=warn")
@@ -31,12 +37,61 @@ async fn main() {
     }
 }
 
+/// `--load [SECONDS]` and `--workers N`.
+struct Args {
+    load: Option<Duration>,
+    workers: usize,
+}
+
+fn args() -> Result<Args, String> {
+    let mut args = Args {
+        load: None,
+        workers: 32,
+    };
+    let mut it = std::env::args().skip(1).peekable();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--load" => {
+                let secs = match it.peek().and_then(|v| v.parse::<u64>().ok()) {
+                    Some(secs) => {
+                        it.next();
+                        secs
+                    }
+                    None => 60,
+                };
+                args.load = Some(Duration::from_secs(secs.max(1)));
+            }
+            "--workers" => {
+                args.workers = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or("--workers takes a number from 1 to 1024")?;
+            }
+            "-h" | "--help" => {
+                return Err("usage: axum-service [--load [SECONDS]] [--workers N]".into())
+            }
+            other => return Err(format!("unknown argument `{other}` (try --help)")),
+        }
+    }
+    Ok(args)
+}
+
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args = args()?;
+    let waits = Arc::new(load::WaitTimes::default());
+    let load = args.load.map(|d| (d, args.workers));
     let mut config = PoolConfig::from_env()?;
     if config.database_url.is_none() {
-        config.database_url = Some(pool_core::DatabaseUrl::parse("sqlite::memory:")?);
+        // A file (WAL mode) rather than memory: an in-memory database shared between
+        // connections locks whole tables, so concurrent writers would fail instead of wait.
+        let file = std::env::temp_dir().join("axum-service.db");
+        config.database_url = Some(pool_core::DatabaseUrl::parse(&format!(
+            "sqlite:{}",
+            file.display()
+        ))?);
         // The SQLite profile allows one connection; the demo lets a few requests in at once
-        // (the shared in-memory database serves several readers) unless told otherwise.
+        // (WAL serves readers alongside the writer) unless told otherwise.
         if std::env::var_os("DB_MAX_OVERFLOW").is_none() {
             config.max_overflow = 4;
         }
@@ -52,38 +107,27 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(format!("{host}:{port}")).await?;
     let addr = listener.local_addr()?;
 
+    let setup = Setup {
+        instruments,
+        waits,
+        listener,
+        addr,
+        token,
+        generated,
+        load,
+    };
     match config.backend() {
         Some(pool_core::BackendKind::Postgres) => {
-            let pool = PoolBuilder::postgres()
-                .config(config)
-                .observer(instruments.observer())
+            let pool = setup
+                .observe(PoolBuilder::postgres().config(config))
                 .build_postgres()?;
-            serve::<store::Postgres>(
-                pool,
-                instruments,
-                listener,
-                addr,
-                &token,
-                generated,
-                &telemetry,
-            )
-            .await?;
+            serve::<store::Postgres>(pool, setup, &telemetry).await?;
         }
         _ => {
-            let pool = PoolBuilder::sqlite()
-                .config(config)
-                .observer(instruments.observer())
+            let pool = setup
+                .observe(PoolBuilder::sqlite().config(config))
                 .build_sqlite()?;
-            serve::<store::Sqlite>(
-                pool,
-                instruments,
-                listener,
-                addr,
-                &token,
-                generated,
-                &telemetry,
-            )
-            .await?;
+            serve::<store::Sqlite>(pool, setup, &telemetry).await?;
         }
     }
     telemetry.shutdown().await;
@@ -91,20 +135,44 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn serve<S: Store>(
-    pool: pool_core::Pool<S::Manager>,
+/// What both backends' services are started with.
+struct Setup {
     instruments: PoolTelemetry,
+    waits: Arc<load::WaitTimes>,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
-    token: &str,
+    token: String,
     generated: bool,
+    load: Option<(Duration, usize)>,
+}
+
+impl Setup {
+    fn observe<M: pool_core::ManageConnection>(&self, builder: PoolBuilder<M>) -> PoolBuilder<M> {
+        builder
+            .observer(self.instruments.observer())
+            .observer(self.waits.clone())
+    }
+}
+
+async fn serve<S: Store>(
+    pool: pool_core::Pool<S::Manager>,
+    setup: Setup,
     telemetry: &telemetry::Telemetry,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let Setup {
+        instruments,
+        waits,
+        listener,
+        addr,
+        token,
+        generated,
+        load,
+    } = setup;
     instruments.observe(&pool);
     let mut conn = pool.get().await?;
     S::migrate(&mut conn).await?;
     drop(conn);
-    let monitoring = Monitoring::new().token(token).pool(&pool);
+    let monitoring = Monitoring::new().token(token.as_str()).pool(&pool);
     let app = routes::router::<S>(pool.clone(), monitoring);
 
     let base = format!("http://{addr}");
@@ -134,8 +202,25 @@ async fn serve<S: Store>(
     let _ = stdout.write_all((banner.join("\n") + "\n").as_bytes());
     let _ = stdout.flush();
 
+    // Resolves when the load run is over; without one, the sender lives until we return.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut _no_load = None;
+    if let Some((duration, workers)) = load {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            load::run(addr, pool, waits, duration, workers).await;
+            let _ = done_tx.send(());
+        });
+    } else {
+        _no_load = Some(done_tx);
+    }
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown_signal() => {},
+                _ = done_rx => {},
+            }
+        })
         .await?;
     drop(pool);
     Ok(())

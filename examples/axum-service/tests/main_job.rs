@@ -47,7 +47,11 @@ async fn request(
 
 #[tokio::test]
 async fn the_service_starts_with_no_setup_and_serves_the_documented_routes() {
+    // A private temporary directory: the default SQLite file lands there, fresh.
+    let tmp = std::env::temp_dir().join(format!("axum-service-test-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_axum-service"))
+        .env("TMPDIR", &tmp)
         .env("PORT", "0")
         .env_remove("DATABASE_URL")
         .env_remove("MONITORING_TOKEN")
@@ -103,9 +107,14 @@ async fn the_service_starts_with_no_setup_and_serves_the_documented_routes() {
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    assert!(body.contains(r#""title":"first""#), "{body}");
+    assert_eq!(body, r#"{"id":1,"title":"first","body":"hello"}"#);
     let (status, body) = request(&addr, "GET", "/notes/1", &[], "").await;
     assert_eq!((status, body.contains("hello")), (200, true), "{body}");
+    let (status, body) = request(&addr, "GET", "/notes", &[], "").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"[{"id":1,"title":"first","body":"hello"}]"#)
+    );
     assert_eq!(request(&addr, "GET", "/notes/99", &[], "").await.0, 404);
     assert_eq!(request(&addr, "GET", "/slow?ms=10", &[], "").await.0, 200);
 
@@ -120,4 +129,39 @@ async fn the_service_starts_with_no_setup_and_serves_the_documented_routes() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""backend":"sqlite""#), "{body}");
     drop(service);
+    std::fs::remove_dir_all(tmp).ok();
+}
+
+#[test]
+fn load_mode_drives_the_api_shows_progress_and_stops_by_itself() {
+    let tmp = std::env::temp_dir().join(format!("axum-service-load-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_axum-service"))
+        .args(["--load", "2", "--workers", "4"])
+        .env("TMPDIR", &tmp)
+        .env("PORT", "0")
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let progress: Vec<_> = stdout.lines().filter(|l| l.starts_with("t=")).collect();
+    assert!(!progress.is_empty(), "{stdout}");
+    for line in &progress {
+        for field in ["requests", "utilization", "wait p99", "breaker closed"] {
+            assert!(line.contains(field), "{line}");
+        }
+    }
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("load finished:"))
+        .unwrap();
+    let sent: u64 = summary.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(sent > 0, "{summary}");
+    assert!(
+        summary.contains(&format!("{sent} requests, {sent} ok")),
+        "every request answered: {summary}"
+    );
+    std::fs::remove_dir_all(tmp).ok();
 }
