@@ -96,6 +96,10 @@ impl<M: ManageConnection> Db<M> {
 
     /// The connection: checked out on first use (lazy mode) or already there (eager mode).
     ///
+    /// A request has one connection. While a [`DbConn`] is alive, another `conn()` on the
+    /// same request (through any clone) waits for it to be dropped, so do not hold two at
+    /// once in one task.
+    ///
     /// # Errors
     ///
     /// [`DbError::Unavailable`] when the pool cannot provide one (timeout, open breaker);
