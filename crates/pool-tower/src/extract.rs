@@ -3,13 +3,13 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use opentelemetry::trace::{Span, Status, Tracer};
 use opentelemetry::{Context, KeyValue};
 use pool_core::{CheckoutError, ManageConnection, Pool, PooledConnection};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::Notify;
 
 use crate::semconv;
 
@@ -44,39 +44,68 @@ pub struct Db<M: ManageConnection> {
 
 pub(crate) struct Slot<M: ManageConnection> {
     pool: Pool<M>,
-    conn: Mutex<Option<PooledConnection<M>>>,
+    state: parking_lot::Mutex<State<M>>,
+    /// Woken when a lent connection comes back (or a checkout gives up), for a second
+    /// `conn()` on the same request.
+    returned: Notify,
     /// Handles given to the request (not the service's own reference).
     handles: AtomicUsize,
-    /// Set when the response is ready: from then on no connection is held or taken.
-    released: AtomicBool,
     /// The sampled trace the request belongs to, if any: checkout spans go there.
     parent: Option<Context>,
+}
+
+/// Where the request's connection is. A plain lock, held only for these transitions (never
+/// across an await), instead of an async mutex on every `conn()`.
+enum State<M: ManageConnection> {
+    /// None checked out yet.
+    Empty,
+    /// Lent to a `DbConn`, or being checked out by one `conn()` call.
+    Busy,
+    /// Checked out and idle between uses.
+    Held(PooledConnection<M>),
+    /// The response is ready: nothing may be held or taken any more.
+    Released,
 }
 
 impl<M: ManageConnection> Slot<M> {
     pub(crate) fn new(pool: Pool<M>, parent: Option<Context>) -> Arc<Self> {
         Arc::new(Slot {
             pool,
-            conn: Mutex::new(None),
+            state: parking_lot::Mutex::new(State::Empty),
+            returned: Notify::new(),
             handles: AtomicUsize::new(0),
-            released: AtomicBool::new(false),
             parent,
         })
     }
 
     pub(crate) fn put(&self, conn: PooledConnection<M>) {
-        if let Ok(mut slot) = self.conn.try_lock() {
-            *slot = Some(conn);
+        let mut state = self.state.lock();
+        if matches!(*state, State::Empty) {
+            *state = State::Held(conn);
         }
     }
 
-    /// Returns the connection to the pool. If a guard is alive (a leaked handle still using
-    /// it), the guard returns it when dropped.
+    /// Returns the connection to the pool. If it is lent out (a leaked handle still using
+    /// it), the `DbConn` returns it when dropped.
     pub(crate) fn release(&self) {
-        self.released.store(true, Ordering::Release);
-        if let Ok(mut slot) = self.conn.try_lock() {
-            slot.take();
-        }
+        let previous = std::mem::replace(&mut *self.state.lock(), State::Released);
+        drop(previous);
+        self.returned.notify_waiters();
+    }
+
+    /// Gives back a held connection (the request no longer needs it).
+    fn take_back(&self) {
+        let held = {
+            let mut state = self.state.lock();
+            match std::mem::replace(&mut *state, State::Empty) {
+                State::Held(conn) => Some(conn),
+                other => {
+                    *state = other;
+                    None
+                }
+            }
+        };
+        drop(held);
     }
 
     pub(crate) fn pool(&self) -> &Pool<M> {
@@ -85,6 +114,23 @@ impl<M: ManageConnection> Slot<M> {
 
     pub(crate) fn parent(&self) -> Option<&Context> {
         self.parent.as_ref()
+    }
+}
+
+/// Marks the slot `Busy` while one `conn()` checks out; if that call is abandoned or fails,
+/// the slot goes back to `Empty` and a waiting `conn()` may try.
+struct Claim<'a, M: ManageConnection>(Option<&'a Slot<M>>);
+
+impl<M: ManageConnection> Drop for Claim<'_, M> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0 {
+            let mut state = slot.state.lock();
+            if matches!(*state, State::Busy) {
+                *state = State::Empty;
+            }
+            drop(state);
+            slot.returned.notify_one();
+        }
     }
 }
 
@@ -110,21 +156,38 @@ impl<M: ManageConnection> Db<M> {
     ) -> impl std::future::Future<Output = Result<DbConn<'_, M>, DbError>> + Send + '_ {
         let location = Location::caller();
         async move {
-            if self.slot.released.load(Ordering::Acquire) {
-                return Err(DbError::RequestFinished);
-            }
-            let mut guard = self.slot.conn.lock().await;
-            if guard.is_none() {
-                if self.slot.released.load(Ordering::Acquire) {
-                    return Err(DbError::RequestFinished);
+            let slot = &*self.slot;
+            loop {
+                let returned = slot.returned.notified();
+                let claimed = {
+                    let mut state = slot.state.lock();
+                    match std::mem::replace(&mut *state, State::Busy) {
+                        State::Held(conn) => {
+                            return Ok(DbConn {
+                                conn: Some(conn),
+                                slot,
+                            })
+                        }
+                        State::Empty => true,
+                        State::Busy => false,
+                        State::Released => {
+                            *state = State::Released;
+                            return Err(DbError::RequestFinished);
+                        }
+                    }
+                };
+                if claimed {
+                    let mut claim = Claim(Some(slot));
+                    let conn = checkout(&slot.pool, slot.parent(), location).await?;
+                    // Checked out: the slot stays `Busy`, lent to the `DbConn`.
+                    claim.0 = None;
+                    return Ok(DbConn {
+                        conn: Some(conn),
+                        slot,
+                    });
                 }
-                let conn = checkout(&self.slot.pool, self.slot.parent(), location).await?;
-                *guard = Some(conn);
+                returned.await;
             }
-            Ok(DbConn {
-                guard,
-                released: &self.slot.released,
-            })
         }
     }
 
@@ -135,8 +198,8 @@ impl<M: ManageConnection> Db<M> {
 
     /// Returns the connection to the pool now (if one is held); a later [`Db::conn`] checks
     /// out again.
-    pub async fn give_back(&self) {
-        self.slot.conn.lock().await.take();
+    pub fn give_back(&self) {
+        self.slot.take_back();
     }
 }
 
@@ -193,9 +256,7 @@ impl<M: ManageConnection> Drop for Db<M> {
     fn drop(&mut self) {
         if self.slot.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
             // The last handle the request gave out: nothing can use the connection any more.
-            if let Ok(mut slot) = self.slot.conn.try_lock() {
-                slot.take();
-            }
+            self.slot.take_back();
         }
     }
 }
@@ -204,25 +265,29 @@ impl<M: ManageConnection> fmt::Debug for Db<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Db")
             .field("pool", &self.slot.pool.name())
-            .field("released", &self.slot.released.load(Ordering::Relaxed))
+            .field(
+                "released",
+                &matches!(*self.slot.state.lock(), State::Released),
+            )
             .finish_non_exhaustive()
     }
 }
 
 /// A checked-out connection, borrowed from a [`Db`]; dereferences to the backend's
-/// connection.
+/// connection. Dropping it hands the connection back to the request (or, after the response,
+/// to the pool).
 pub struct DbConn<'a, M: ManageConnection> {
-    guard: MutexGuard<'a, Option<PooledConnection<M>>>,
-    released: &'a AtomicBool,
+    conn: Option<PooledConnection<M>>,
+    slot: &'a Slot<M>,
 }
 
 impl<M: ManageConnection> DbConn<'_, M> {
     /// The pooled connection (for [`Pool::report_error`] and
     /// [`PooledConnection::discard`]).
     pub fn pooled(&mut self) -> &mut PooledConnection<M> {
-        self.guard
+        self.conn
             .as_mut()
-            .expect("a DbConn is only made around a connection")
+            .expect("a DbConn holds its connection until dropped")
     }
 }
 
@@ -230,9 +295,9 @@ impl<M: ManageConnection> Deref for DbConn<'_, M> {
     type Target = M::Connection;
 
     fn deref(&self) -> &M::Connection {
-        self.guard
+        self.conn
             .as_ref()
-            .expect("a DbConn is only made around a connection")
+            .expect("a DbConn holds its connection until dropped")
     }
 }
 
@@ -244,10 +309,19 @@ impl<M: ManageConnection> DerefMut for DbConn<'_, M> {
 
 impl<M: ManageConnection> Drop for DbConn<'_, M> {
     fn drop(&mut self) {
-        if self.released.load(Ordering::Acquire) {
-            // The response is already out; this was a leaked handle. Give the connection back.
-            self.guard.take();
-        }
+        let Some(conn) = self.conn.take() else { return };
+        let leftover = {
+            let mut state = self.slot.state.lock();
+            if matches!(*state, State::Released) {
+                // The response is already out (a leaked handle): back to the pool.
+                Some(conn)
+            } else {
+                *state = State::Held(conn);
+                None
+            }
+        };
+        drop(leftover);
+        self.slot.returned.notify_one();
     }
 }
 

@@ -162,3 +162,47 @@ async fn the_rejection_is_replaceable() {
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(response.body(), "busy: timeout=true");
 }
+
+#[tokio::test]
+async fn a_second_conn_on_the_same_request_waits_for_the_first_and_gets_the_same_connection() {
+    let pool = pool();
+    let (mut svc, mut handle) = service(PoolLayer::new(pool.clone()));
+    handle.allow(1);
+    assert!(svc.poll_ready().is_ready());
+    let response = svc.call(Request::new(()));
+    let (request, send) = handle.next_request().await.unwrap();
+    let db = request.extensions().get::<Db<Mem>>().unwrap().clone();
+    let other = db.clone();
+    let first = db.conn().await.unwrap();
+    let id = *first;
+    let waiting = tokio::spawn(async move { *other.conn().await.unwrap() });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "waits while the first is held");
+    drop(first);
+    assert_eq!(waiting.await.unwrap(), id, "one connection per request");
+    assert_eq!(
+        pool.stats().checkouts_direct + pool.stats().checkouts_waited,
+        1
+    );
+    drop((request, db));
+    send.send_response(Response::new(String::new()));
+    response.await.unwrap();
+    assert_eq!(pool.stats().in_use, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_checkout_lets_the_next_conn_try_again() {
+    let pool = pool();
+    let _held = pool.get().await.unwrap(); // the only connection: checkouts wait
+    let (mut svc, mut handle) = service(PoolLayer::new(pool.clone()));
+    handle.allow(1);
+    assert!(svc.poll_ready().is_ready());
+    let _response = svc.call(Request::new(()));
+    let (request, _send) = handle.next_request().await.unwrap();
+    let db = request.extensions().get::<Db<Mem>>().unwrap().clone();
+    // Give up on a checkout midway (a client that hung up, a select! that moved on).
+    let abandoned = tokio::time::timeout(Duration::from_millis(10), db.conn()).await;
+    assert!(abandoned.is_err());
+    // The slot is free again: the next call tries (and, the pool being busy, times out).
+    assert!(matches!(db.conn().await, Err(DbError::Unavailable(e)) if e.is_timeout()));
+}
