@@ -67,6 +67,17 @@ fn bench(c: &mut Criterion) {
         pool
     });
 
+    let plain = rt.block_on(async {
+        let pool = Pool::builder()
+            .base_size(16)
+            .max_overflow(0)
+            .health_interval(Duration::from_secs(3600))
+            .build(Unit)
+            .unwrap();
+        pool.warm_up().await.unwrap();
+        pool
+    });
+
     let mut group = c.benchmark_group("checkout_seq");
     group.bench_function("bb8_get_owned", |b| {
         b.to_async(&rt).iter_custom(|iters| {
@@ -89,6 +100,25 @@ fn bench(c: &mut Criterion) {
     group.bench_function("pool_core_get", |b| {
         b.to_async(&rt).iter_custom(|iters| {
             let pool = core.clone();
+            async move {
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let conn = pool.get().await.unwrap();
+                        black_box(&conn);
+                        drop(conn);
+                    }
+                    start.elapsed()
+                })
+                .await
+                .unwrap()
+            }
+        })
+    });
+    // For the breakdown: the same pool without any observer.
+    group.bench_function("pool_core_get_no_observer", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let pool = plain.clone();
             async move {
                 tokio::spawn(async move {
                     let start = Instant::now();

@@ -177,6 +177,30 @@ impl<M: ManageConnection> ManageConnection for Managed<M> {
     }
 }
 
+/// Lifetime, forced recycling, driver-reported breakage and the bypass window; no I/O. A free
+/// function so the checkout fast path needs no `Managed` (no reference-count traffic).
+pub(crate) fn verdict<M: ManageConnection>(
+    manager: &M,
+    conn: &mut Tracked<M::Connection>,
+    now: Instant,
+) -> Verdict {
+    if let Some(reason) = conn.retire_reason(now) {
+        conn.close = Some(reason);
+        return Verdict::Retired;
+    }
+    if manager.has_broken(&mut conn.conn) {
+        conn.close = Some(CloseReason::Broken);
+        return Verdict::Retired;
+    }
+    let config = &conn.shared.config;
+    if !config.pre_ping || now.saturating_duration_since(conn.last_used) < config.validation_bypass
+    {
+        Verdict::Valid
+    } else {
+        Verdict::Ping
+    }
+}
+
 /// What the synchronous part of validation decided.
 pub(crate) enum Verdict {
     /// Hand it out.
@@ -190,22 +214,7 @@ pub(crate) enum Verdict {
 impl<M: ManageConnection> Managed<M> {
     /// Lifetime, forced recycling, driver-reported breakage and the bypass window; no I/O.
     pub(crate) fn verdict(&self, conn: &mut Tracked<M::Connection>, now: Instant) -> Verdict {
-        if let Some(reason) = conn.retire_reason(now) {
-            conn.close = Some(reason);
-            return Verdict::Retired;
-        }
-        if self.inner.has_broken(&mut conn.conn) {
-            conn.close = Some(CloseReason::Broken);
-            return Verdict::Retired;
-        }
-        let config = &self.shared.config;
-        if !config.pre_ping
-            || now.saturating_duration_since(conn.last_used) < config.validation_bypass
-        {
-            Verdict::Valid
-        } else {
-            Verdict::Ping
-        }
+        verdict(&*self.inner, conn, now)
     }
 
     /// The full checkout validation; `false` means the connection was condemned (its reason

@@ -278,7 +278,7 @@ impl<M: ManageConnection> Pool<M> {
                 Poll::Pending => Poll::Ready(None),
             });
             if let Some(Ok(mut conn)) = first.await {
-                match self.managed().verdict(&mut conn, start) {
+                match crate::connection::verdict(&*self.inner.manager, &mut conn, start) {
                     Verdict::Valid => {
                         return Ok(self.hand_out(conn, start, Duration::ZERO, true, location))
                     }
