@@ -78,114 +78,70 @@ fn bench(c: &mut Criterion) {
         pool
     });
 
+    // One task: checkout, touch, return, `iters` times, inside a spawned task.
+    macro_rules! seq {
+        ($group:ident, $name:literal, $pool:expr, |$p:ident| $get:expr) => {
+            $group.bench_function($name, |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let $p = $pool.clone();
+                    async move {
+                        tokio::spawn(async move {
+                            let start = Instant::now();
+                            for _ in 0..iters {
+                                let conn = $get.await.unwrap();
+                                black_box(&conn);
+                                drop(conn);
+                            }
+                            start.elapsed()
+                        })
+                        .await
+                        .unwrap()
+                    }
+                })
+            });
+        };
+    }
+    // 64 tasks of 1000 checkouts each; the time is per checkout.
+    macro_rules! c64 {
+        ($group:ident, $name:literal, $pool:expr, |$p:ident| $get:expr) => {
+            $group.bench_function($name, |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let pool = $pool.clone();
+                    async move {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            let tasks: Vec<_> = (0..TASKS)
+                                .map(|_| {
+                                    let $p = pool.clone();
+                                    tokio::spawn(async move {
+                                        for _ in 0..PER_TASK {
+                                            black_box($get.await.unwrap());
+                                        }
+                                    })
+                                })
+                                .collect();
+                            for t in tasks {
+                                t.await.unwrap();
+                            }
+                        }
+                        start.elapsed() / (TASKS * PER_TASK) as u32
+                    }
+                })
+            });
+        };
+    }
+
     let mut group = c.benchmark_group("checkout_seq");
-    group.bench_function("bb8_get_owned", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let pool = bb8.clone();
-            async move {
-                tokio::spawn(async move {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        let conn = pool.get_owned().await.unwrap();
-                        black_box(&conn);
-                        drop(conn);
-                    }
-                    start.elapsed()
-                })
-                .await
-                .unwrap()
-            }
-        })
-    });
-    group.bench_function("pool_core_get", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let pool = core.clone();
-            async move {
-                tokio::spawn(async move {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        let conn = pool.get().await.unwrap();
-                        black_box(&conn);
-                        drop(conn);
-                    }
-                    start.elapsed()
-                })
-                .await
-                .unwrap()
-            }
-        })
-    });
+    seq!(group, "bb8_get_owned", bb8, |pool| pool.get_owned());
+    seq!(group, "pool_core_get", core, |pool| pool.get());
     // For the breakdown: the same pool without any observer.
-    group.bench_function("pool_core_get_no_observer", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let pool = plain.clone();
-            async move {
-                tokio::spawn(async move {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        let conn = pool.get().await.unwrap();
-                        black_box(&conn);
-                        drop(conn);
-                    }
-                    start.elapsed()
-                })
-                .await
-                .unwrap()
-            }
-        })
-    });
+    seq!(group, "pool_core_get_no_observer", plain, |pool| pool.get());
     group.finish();
 
     let mut group = c.benchmark_group("checkout_c64");
     group.sample_size(20);
-    group.bench_function("bb8_get_owned", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let pool = bb8.clone();
-            async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let tasks: Vec<_> = (0..TASKS)
-                        .map(|_| {
-                            let pool = pool.clone();
-                            tokio::spawn(async move {
-                                for _ in 0..PER_TASK {
-                                    black_box(pool.get_owned().await.unwrap());
-                                }
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.unwrap();
-                    }
-                }
-                start.elapsed() / (TASKS * PER_TASK) as u32
-            }
-        })
-    });
-    group.bench_function("pool_core_get", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let pool = core.clone();
-            async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let tasks: Vec<_> = (0..TASKS)
-                        .map(|_| {
-                            let pool = pool.clone();
-                            tokio::spawn(async move {
-                                for _ in 0..PER_TASK {
-                                    black_box(pool.get().await.unwrap());
-                                }
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.unwrap();
-                    }
-                }
-                start.elapsed() / (TASKS * PER_TASK) as u32
-            }
-        })
-    });
+    c64!(group, "bb8_get_owned", bb8, |pool| pool.get_owned());
+    c64!(group, "pool_core_get", core, |pool| pool.get());
     group.finish();
 }
 
