@@ -43,7 +43,7 @@ impl BreakerState {
         }
     }
 
-    pub(crate) fn to_u8(self) -> u8 {
+    pub(crate) const fn to_u8(self) -> u8 {
         self as u8
     }
 

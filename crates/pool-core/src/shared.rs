@@ -126,6 +126,7 @@ impl Shared {
     }
 
     /// Hands `event` to every observer; a panicking observer is logged, never propagated.
+    #[inline]
     pub(crate) fn emit(&self, event: &PoolEvent<'_>) {
         for observer in &self.observers {
             if catch_unwind(AssertUnwindSafe(|| observer.on_event(&self.name, event))).is_err() {
@@ -159,13 +160,17 @@ impl Shared {
 
     /// Asks the breaker whether a checkout may proceed. `Ok(true)` means it is a half-open
     /// probe whose outcome must be reported.
+    #[inline]
     pub(crate) fn admit(&self) -> Result<bool, CheckoutError> {
-        if matches!(
-            self.breaker_state(),
-            BreakerState::Closed | BreakerState::Disabled
-        ) {
+        let state = self.breaker_state.load(Relaxed);
+        if state == BreakerState::Closed.to_u8() || state == BreakerState::Disabled.to_u8() {
             return Ok(false);
         }
+        self.admit_slow()
+    }
+
+    #[cold]
+    fn admit_slow(&self) -> Result<bool, CheckoutError> {
         let (admission, transition) = self.breaker.lock().admit(Instant::now().into_std());
         if let Some(t) = transition {
             self.on_transition(t);
