@@ -52,11 +52,11 @@ pub(crate) struct Tracked<C> {
 }
 
 impl<C> Tracked<C> {
-    pub(crate) fn expired(&self, now: Instant) -> bool {
+    fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
     }
 
-    fn retire_reason(&self, now: Instant) -> Option<CloseReason> {
+    pub(crate) fn retire_reason(&self, now: Instant) -> Option<CloseReason> {
         if self.close.is_some() {
             self.close
         } else if self.generation != self.shared.generation.load(Relaxed) {
@@ -94,8 +94,7 @@ impl<M: ManageConnection> Managed<M> {
     fn failed(&self, took: Duration, text: &str) {
         let counters = &self.shared.counters;
         counters.create_failures.fetch_add(1, Relaxed);
-        self.shared.set_last_error(text);
-        let text = self.shared.scrub(text);
+        let text = self.shared.set_last_error(text);
         tracing::warn!(pool = %self.shared.name, error = %text, "could not open a database connection");
         self.shared.emit(&PoolEvent::ConnectionCreated {
             took,
@@ -165,16 +164,27 @@ impl<M: ManageConnection> ManageConnection for Managed<M> {
     /// Called by bb8 when a connection comes back. `PooledConnection`'s drop has just stamped
     /// `last_used`, which therefore serves as "now" (no second clock read on the hot path).
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {
-        if let Some(reason) = conn.retire_reason(conn.last_used) {
-            conn.close = Some(reason);
-            return true;
-        }
-        if self.inner.has_broken(&mut conn.conn) {
-            conn.close = Some(CloseReason::Broken);
-            return true;
-        }
-        false
+        let now = conn.last_used;
+        retire(&*self.inner, conn, now)
     }
+}
+
+/// Condemns `conn` (setting its close reason) if it is past its lifetime, from before a
+/// forced recycle, or broken according to the driver; no I/O.
+fn retire<M: ManageConnection>(
+    manager: &M,
+    conn: &mut Tracked<M::Connection>,
+    now: Instant,
+) -> bool {
+    if let Some(reason) = conn.retire_reason(now) {
+        conn.close = Some(reason);
+        return true;
+    }
+    if manager.has_broken(&mut conn.conn) {
+        conn.close = Some(CloseReason::Broken);
+        return true;
+    }
+    false
 }
 
 /// Lifetime, forced recycling, driver-reported breakage and the bypass window; no I/O. A free
@@ -184,12 +194,7 @@ pub(crate) fn verdict<M: ManageConnection>(
     conn: &mut Tracked<M::Connection>,
     now: Instant,
 ) -> Verdict {
-    if let Some(reason) = conn.retire_reason(now) {
-        conn.close = Some(reason);
-        return Verdict::Retired;
-    }
-    if manager.has_broken(&mut conn.conn) {
-        conn.close = Some(CloseReason::Broken);
+    if retire(manager, conn, now) {
         return Verdict::Retired;
     }
     let config = &conn.shared.config;
@@ -212,15 +217,10 @@ pub(crate) enum Verdict {
 }
 
 impl<M: ManageConnection> Managed<M> {
-    /// Lifetime, forced recycling, driver-reported breakage and the bypass window; no I/O.
-    pub(crate) fn verdict(&self, conn: &mut Tracked<M::Connection>, now: Instant) -> Verdict {
-        verdict(&*self.inner, conn, now)
-    }
-
     /// The full checkout validation; `false` means the connection was condemned (its reason
     /// is set) and the caller should drop it and try another.
     pub(crate) async fn validate(&self, conn: &mut Tracked<M::Connection>, now: Instant) -> bool {
-        match self.verdict(conn, now) {
+        match verdict(&*self.inner, conn, now) {
             Verdict::Valid => true,
             Verdict::Retired => false,
             Verdict::Ping => self.ping(conn).await,
@@ -236,9 +236,8 @@ impl<M: ManageConnection> Managed<M> {
             }
             Err(e) => {
                 conn.close = Some(CloseReason::Invalid);
-                let text = (self.describe)(&e);
-                self.shared.set_last_error(&text);
-                tracing::debug!(pool = %self.shared.name, error = %self.shared.scrub(&text), "pre-ping failed; connection replaced");
+                let text = self.shared.set_last_error(&(self.describe)(&e));
+                tracing::debug!(pool = %self.shared.name, error = %text, "pre-ping failed; connection replaced");
                 self.shared.record_validation_failure();
                 false
             }
@@ -269,12 +268,14 @@ impl<M: ManageConnection> PooledConnection<M> {
         }
     }
 
-    fn shared(&self) -> &Shared {
-        &self
-            .conn
+    fn tracked_ref(&self) -> &Tracked<M::Connection> {
+        self.conn
             .as_ref()
             .expect("the connection is only taken out in Drop")
-            .shared
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.tracked_ref().shared
     }
 
     fn tracked(&mut self) -> &mut Tracked<M::Connection> {
@@ -305,11 +306,7 @@ impl<M: ManageConnection> Deref for PooledConnection<M> {
     type Target = M::Connection;
 
     fn deref(&self) -> &M::Connection {
-        &self
-            .conn
-            .as_ref()
-            .expect("the connection is only taken out in Drop")
-            .conn
+        &self.tracked_ref().conn
     }
 }
 

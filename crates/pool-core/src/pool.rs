@@ -60,18 +60,13 @@ impl<M: ManageConnection> PoolInner<M> {
         &self,
         retire: impl Fn(&Tracked<M::Connection>) -> Option<CloseReason>,
     ) {
-        let generation = self.shared.generation.load(Relaxed);
         let idle = self.bb8.state().idle_connections;
         let mut cx = Context::from_waker(Waker::noop());
         for _ in 0..idle {
             let mut get = pin!(self.bb8.get());
             match get.as_mut().poll(&mut cx) {
                 Poll::Ready(Ok(mut conn)) => {
-                    let stale = conn.generation != generation;
-                    if let Some(reason) = stale
-                        .then_some(CloseReason::Forced)
-                        .or_else(|| retire(&conn))
-                    {
+                    if let Some(reason) = retire(&conn) {
                         conn.close.get_or_insert(reason);
                     }
                 }
@@ -91,7 +86,7 @@ impl<M: ManageConnection> PoolInner<M> {
     /// Opens connections until `base_size` are open (SQLAlchemy keeps its base the same way:
     /// by total, not by idle count; bb8's `min_idle` would keep `base_size` idle *beyond* the
     /// ones in use, and every return would then close one as overflow).
-    pub(crate) async fn top_up(&self) -> Result<u32, ConnectError<M::Error>> {
+    pub(crate) async fn top_up(&self) -> Result<(), ConnectError<M::Error>> {
         let shared = &self.shared;
         // One top-up at a time; a caller that arrives meanwhile waits for it and then finds
         // nothing missing.
@@ -105,27 +100,25 @@ impl<M: ManageConnection> PoolInner<M> {
             let managed = self.managed();
             connects.spawn(async move { managed.connect().await });
         }
-        let mut opened = 0;
         let mut first_error = None;
         while let Some(joined) = connects.join_next().await {
             match joined {
-                Ok(Ok(conn)) => match self.bb8.add(conn) {
-                    Ok(()) => opened += 1,
+                Ok(Ok(conn)) => {
                     // Load filled the pool meanwhile: this one is surplus.
-                    Err(bb8::AddError::NoCapacity(mut conn) | bb8::AddError::Broken(mut conn)) => {
+                    if let Err(
+                        bb8::AddError::NoCapacity(mut conn) | bb8::AddError::Broken(mut conn),
+                    ) = self.bb8.add(conn)
+                    {
                         conn.close.get_or_insert(CloseReason::Overflow);
                     }
-                },
+                }
                 Ok(Err(e)) => {
                     first_error.get_or_insert(e);
                 }
                 Err(_) => {}
             }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(opened),
-        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -209,7 +202,7 @@ impl<M: ManageConnection> Pool<M> {
     ///
     /// The first connection error (the others are counted in the stats).
     pub async fn warm_up(&self) -> Result<(), ConnectError<M::Error>> {
-        self.inner.top_up().await.map(drop)
+        self.inner.top_up().await
     }
 
     /// A reference that does not keep the pool alive.
@@ -245,8 +238,7 @@ impl<M: ManageConnection> Pool<M> {
     pub fn get(
         &self,
     ) -> impl Future<Output = Result<PooledConnection<M>, CheckoutError>> + Send + '_ {
-        let location = Location::caller();
-        self.checkout(location)
+        self.get_at(Location::caller())
     }
 
     /// [`Pool::get`] recording `location` instead of the caller's, for wrappers that check
@@ -295,10 +287,6 @@ impl<M: ManageConnection> Pool<M> {
         Box::pin(self.checkout_slow(start, probe, location, None)).await
     }
 
-    fn managed(&self) -> Managed<M> {
-        self.inner.managed()
-    }
-
     fn hand_out(
         &self,
         conn: bb8::PooledConnection<'static, Managed<M>>,
@@ -343,7 +331,7 @@ impl<M: ManageConnection> Pool<M> {
         {
             counters.exhaustion_episodes.fetch_add(1, Relaxed);
         }
-        let managed = self.managed();
+        let managed = self.inner.managed();
         let deadline = start + shared.config.checkout_timeout;
         let attempt = tokio::time::timeout_at(deadline, async {
             loop {
@@ -472,9 +460,7 @@ impl<M: ManageConnection> Pool<M> {
                     Ok(value)
                 }
                 Ok(Err(e)) => {
-                    if (self.inner.classify)(&e) {
-                        conn.report_connection_failure(&(self.inner.describe)(&e));
-                    }
+                    self.report_error(&mut conn, &e);
                     Err(RunError::Operation(e))
                 }
                 Err(_) => {

@@ -146,8 +146,11 @@ impl Shared {
         }
     }
 
-    pub(crate) fn set_last_error(&self, text: &str) {
-        *self.last_error.lock() = Some(self.scrub(text));
+    /// Stores `text` (passwords hidden) as the last error and returns the stored text.
+    pub(crate) fn set_last_error(&self, text: &str) -> String {
+        let text = self.scrub(text);
+        *self.last_error.lock() = Some(text.clone());
+        text
     }
 
     pub(crate) fn last_error(&self) -> Option<String> {
@@ -219,26 +222,17 @@ impl Shared {
     }
 
     pub(crate) fn record_success(&self) {
-        if self.breaker_failures.load(Relaxed) == 0 {
-            return;
+        // Closed with no failures counted (almost always): nothing to clear, no lock.
+        if self.breaker_failures.load(Relaxed) != 0 {
+            self.with_breaker(|b| {
+                b.on_success();
+                None
+            });
         }
-        let mut breaker = self.breaker.lock();
-        breaker.on_success();
-        self.breaker_failures
-            .store(breaker.consecutive_failures(), Relaxed);
     }
 
     pub(crate) fn record_failure(&self) {
-        let transition = {
-            let mut breaker = self.breaker.lock();
-            let t = breaker.on_failure(Instant::now().into_std());
-            self.breaker_failures
-                .store(breaker.consecutive_failures(), Relaxed);
-            t
-        };
-        if let Some(t) = transition {
-            self.on_transition(t);
-        }
+        self.with_breaker(|b| b.on_failure(Instant::now().into_std()));
     }
 
     /// Called after every connect attempt, whatever its outcome.
@@ -253,25 +247,18 @@ impl Shared {
     }
 
     pub(crate) fn probe_finished(&self, success: bool) {
-        let now = Instant::now().into_std();
-        let transition = {
-            let mut breaker = self.breaker.lock();
-            let t = if success {
-                breaker.on_probe_success(now)
+        self.with_breaker(|b| {
+            if success {
+                b.on_probe_success(Instant::now().into_std())
             } else {
-                breaker.probe_abandoned();
+                b.probe_abandoned();
                 None
-            };
-            self.breaker_failures
-                .store(breaker.consecutive_failures(), Relaxed);
-            t
-        };
-        if let Some(t) = transition {
-            self.on_transition(t);
-        }
+            }
+        });
     }
 
-    /// Runs an admin action on the breaker and publishes its transition.
+    /// Runs `f` on the breaker, refreshes the lock-free mirror of its failure count, and
+    /// publishes the transition (outside the lock) if there was one.
     pub(crate) fn with_breaker(&self, f: impl FnOnce(&mut CircuitBreaker) -> Option<Transition>) {
         let transition = {
             let mut breaker = self.breaker.lock();
