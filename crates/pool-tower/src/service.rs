@@ -78,18 +78,14 @@ where
                 let rejection = self.shared.rejection.clone();
                 let location = Location::caller();
                 ResponseFuture::eager(Box::pin(async move {
-                    let _release = ReleaseOnDrop(slot.clone());
-                    match checkout(slot.pool(), slot.parent(), location).await {
+                    // Released when this future ends, completed or dropped midway.
+                    let slot = ReleaseOnDrop(slot);
+                    match checkout(slot.0.pool(), slot.0.parent(), location).await {
                         Ok(conn) => {
-                            slot.put(conn);
-                            let result = inner.call(req).await;
-                            slot.release();
-                            result
+                            slot.0.put(conn);
+                            inner.call(req).await
                         }
-                        Err(error) => {
-                            slot.release();
-                            Ok(rejection.rejection(&error))
-                        }
+                        Err(error) => Ok(rejection.rejection(&error)),
                     }
                 }))
             }

@@ -53,6 +53,14 @@ pub(crate) trait Store: Send + Sync + 'static {
 
 pub(crate) struct Postgres;
 
+fn pg_note(row: &pool_core::postgres::tokio_postgres::Row) -> Note {
+    Note {
+        id: row.get(0),
+        title: row.get(1),
+        body: row.get(2),
+    }
+}
+
 impl Store for Postgres {
     type Manager = PostgresConnectionManager<NoTls>;
 
@@ -99,14 +107,7 @@ impl Store for Postgres {
             .query("select id, title, body from notes order by id", &[])
             .await
             .map_err(|e| e.to_string())?;
-        Ok(rows
-            .iter()
-            .map(|r| Note {
-                id: r.get(0),
-                title: r.get(1),
-                body: r.get(2),
-            })
-            .collect())
+        Ok(rows.iter().map(pg_note).collect())
     }
 
     async fn get(
@@ -117,11 +118,7 @@ impl Store for Postgres {
             .query_opt("select id, title, body from notes where id = $1", &[&id])
             .await
             .map_err(|e| e.to_string())?;
-        Ok(row.map(|r| Note {
-            id: r.get(0),
-            title: r.get(1),
-            body: r.get(2),
-        }))
+        Ok(row.as_ref().map(pg_note))
     }
 }
 
