@@ -55,6 +55,17 @@ const PER_TASK: u64 = 1000;
 fn bench(c: &mut Criterion) {
     let rt = runtime();
     let bb8 = rt.block_on(async { bb8::Pool::builder().max_size(16).build(Unit).await.unwrap() });
+    // For the breakdown: bb8 as pool-core configures it (no checkout test, no bb8 lifetime).
+    let bb8_lean = rt.block_on(async {
+        bb8::Pool::builder()
+            .max_size(16)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .test_on_check_out(false)
+            .build(Unit)
+            .await
+            .unwrap()
+    });
     let core = rt.block_on(async {
         let pool = Pool::builder()
             .base_size(16)
@@ -133,6 +144,8 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("checkout_seq");
     seq!(group, "bb8_get_owned", bb8, |pool| pool.get_owned());
+    seq!(group, "bb8_as_configured", bb8_lean, |pool| pool
+        .get_owned());
     seq!(group, "pool_core_get", core, |pool| pool.get());
     // For the breakdown: the same pool without any observer.
     seq!(group, "pool_core_get_no_observer", plain, |pool| pool.get());

@@ -11,12 +11,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bb8::ManageConnection;
-use tokio::time::Instant;
-
+use crate::clock::Stamp;
 use crate::error::ConnectError;
 use crate::observer::{CloseReason, PoolEvent};
 use crate::shared::Shared;
+use bb8::ManageConnection;
 
 /// Lifetimes are shortened by up to this fraction, at random, so connections opened together
 /// do not all reconnect together.
@@ -39,24 +38,31 @@ impl<M: ManageConnection> fmt::Debug for Managed<M> {
     }
 }
 
-/// A pooled connection with what the pool needs to know about it.
+/// A pooled connection with what the pool needs to know about it. The bookkeeping sits in
+/// its own allocation (made once per connection): bb8 moves its connections by value on every
+/// checkout and return, so this keeps what it moves to two words plus the driver's handle.
 pub(crate) struct Tracked<C> {
     pub(crate) conn: C,
-    born: Instant,
-    expires_at: Option<Instant>,
-    pub(crate) last_used: Instant,
+    pub(crate) meta: Box<Meta>,
+}
+
+/// What the pool knows about one connection.
+pub(crate) struct Meta {
+    /// When the (jittered) lifetime ends; far in the future without a lifetime.
+    expires_at: Stamp,
+    pub(crate) last_used: Stamp,
     pub(crate) generation: u64,
     /// Set when the pool has decided to close this connection, and why.
     pub(crate) close: Option<CloseReason>,
     pub(crate) shared: Arc<Shared>,
 }
 
-impl<C> Tracked<C> {
-    fn expired(&self, now: Instant) -> bool {
-        self.expires_at.is_some_and(|at| now >= at)
+impl Meta {
+    fn expired(&self, now: Stamp) -> bool {
+        now >= self.expires_at
     }
 
-    pub(crate) fn retire_reason(&self, now: Instant) -> Option<CloseReason> {
+    pub(crate) fn retire_reason(&self, now: Stamp) -> Option<CloseReason> {
         if self.close.is_some() {
             self.close
         } else if self.generation != self.shared.generation.load(Relaxed) {
@@ -71,22 +77,17 @@ impl<C> Tracked<C> {
 
 impl<C> Drop for Tracked<C> {
     fn drop(&mut self) {
-        self.shared.counters.open.fetch_sub(1, Relaxed);
-        if self.shared.closing.load(Relaxed) && self.close.is_none() {
+        let meta = &*self.meta;
+        meta.shared.counters.open.fetch_sub(1, Relaxed);
+        if meta.shared.closing.load(Relaxed) && meta.close.is_none() {
             return;
         }
-        // A close the pool did not decide itself is bb8's reaper: lifetime or idle timeout.
-        let reason = self.close.unwrap_or_else(|| {
-            let lifetime = self.shared.config.max_lifetime;
-            if lifetime.is_some_and(|l| self.born.elapsed() >= l) {
-                CloseReason::MaxLifetime
-            } else {
-                CloseReason::IdleTimeout
-            }
-        });
-        self.shared.counters.closed[reason.index()].fetch_add(1, Relaxed);
-        self.shared.emit(&PoolEvent::ConnectionClosed { reason });
-        tracing::debug!(pool = %self.shared.name, reason = reason.as_str(), "connection closed");
+        // A close the pool did not decide itself is bb8's reaper, which the pool uses for the
+        // idle timeout only (lifetimes are the pool's own, jittered).
+        let reason = meta.close.unwrap_or(CloseReason::IdleTimeout);
+        meta.shared.counters.closed[reason.index()].fetch_add(1, Relaxed);
+        meta.shared.emit(&PoolEvent::ConnectionClosed { reason });
+        tracing::debug!(pool = %meta.shared.name, reason = reason.as_str(), "connection closed");
     }
 }
 
@@ -113,9 +114,9 @@ impl<M: ManageConnection> ManageConnection for Managed<M> {
             return Err(ConnectError::CircuitOpen);
         }
         let timeout = self.shared.config.connect_timeout;
-        let start = Instant::now();
+        let start = self.shared.clock.now();
         let outcome = tokio::time::timeout(timeout, self.inner.connect()).await;
-        let took = start.elapsed();
+        let took = self.shared.clock.now().saturating_since(start);
         self.shared.connect_attempted();
         match outcome {
             Ok(Ok(conn)) => {
@@ -124,18 +125,22 @@ impl<M: ManageConnection> ManageConnection for Managed<M> {
                 shared.counters.open.fetch_add(1, Relaxed);
                 shared.record_success();
                 shared.emit(&PoolEvent::ConnectionCreated { took, error: None });
-                let now = Instant::now();
-                let expires_at = shared.config.max_lifetime.map(|lifetime| {
-                    now + lifetime.mul_f64(1.0 - LIFETIME_JITTER * fastrand::f64())
-                });
+                let now = shared.clock.now();
+                let expires_at = match shared.config.max_lifetime {
+                    Some(lifetime) => {
+                        now + lifetime.mul_f64(1.0 - LIFETIME_JITTER * fastrand::f64())
+                    }
+                    None => Stamp::never(now),
+                };
                 Ok(Tracked {
                     conn,
-                    born: now,
-                    expires_at,
-                    last_used: now,
-                    generation: shared.generation.load(Relaxed),
-                    close: None,
-                    shared: shared.clone(),
+                    meta: Box::new(Meta {
+                        expires_at,
+                        last_used: now,
+                        generation: shared.generation.load(Relaxed),
+                        close: None,
+                        shared: shared.clone(),
+                    }),
                 })
             }
             Ok(Err(e)) => {
@@ -155,7 +160,7 @@ impl<M: ManageConnection> ManageConnection for Managed<M> {
     /// Not called by bb8 (the pool validates in its own checkout, where it already has the
     /// time); implemented for completeness.
     async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
-        match self.validate(conn, Instant::now()).await {
+        match self.validate(conn, self.shared.clock.now()).await {
             true => Ok(()),
             false => Err(ConnectError::Retired),
         }
@@ -164,24 +169,20 @@ impl<M: ManageConnection> ManageConnection for Managed<M> {
     /// Called by bb8 when a connection comes back. `PooledConnection`'s drop has just stamped
     /// `last_used`, which therefore serves as "now" (no second clock read on the hot path).
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {
-        let now = conn.last_used;
+        let now = conn.meta.last_used;
         retire(&*self.inner, conn, now)
     }
 }
 
 /// Condemns `conn` (setting its close reason) if it is past its lifetime, from before a
 /// forced recycle, or broken according to the driver; no I/O.
-fn retire<M: ManageConnection>(
-    manager: &M,
-    conn: &mut Tracked<M::Connection>,
-    now: Instant,
-) -> bool {
-    if let Some(reason) = conn.retire_reason(now) {
-        conn.close = Some(reason);
+fn retire<M: ManageConnection>(manager: &M, conn: &mut Tracked<M::Connection>, now: Stamp) -> bool {
+    if let Some(reason) = conn.meta.retire_reason(now) {
+        conn.meta.close = Some(reason);
         return true;
     }
     if manager.has_broken(&mut conn.conn) {
-        conn.close = Some(CloseReason::Broken);
+        conn.meta.close = Some(CloseReason::Broken);
         return true;
     }
     false
@@ -192,14 +193,13 @@ fn retire<M: ManageConnection>(
 pub(crate) fn verdict<M: ManageConnection>(
     manager: &M,
     conn: &mut Tracked<M::Connection>,
-    now: Instant,
+    now: Stamp,
 ) -> Verdict {
     if retire(manager, conn, now) {
         return Verdict::Retired;
     }
-    let config = &conn.shared.config;
-    if !config.pre_ping || now.saturating_duration_since(conn.last_used) < config.validation_bypass
-    {
+    let config = &conn.meta.shared.config;
+    if !config.pre_ping || now.saturating_since(conn.meta.last_used) < config.validation_bypass {
         Verdict::Valid
     } else {
         Verdict::Ping
@@ -219,7 +219,7 @@ pub(crate) enum Verdict {
 impl<M: ManageConnection> Managed<M> {
     /// The full checkout validation; `false` means the connection was condemned (its reason
     /// is set) and the caller should drop it and try another.
-    pub(crate) async fn validate(&self, conn: &mut Tracked<M::Connection>, now: Instant) -> bool {
+    pub(crate) async fn validate(&self, conn: &mut Tracked<M::Connection>, now: Stamp) -> bool {
         match verdict(&*self.inner, conn, now) {
             Verdict::Valid => true,
             Verdict::Retired => false,
@@ -230,12 +230,12 @@ impl<M: ManageConnection> Managed<M> {
     pub(crate) async fn ping(&self, conn: &mut Tracked<M::Connection>) -> bool {
         match self.inner.is_valid(&mut conn.conn).await {
             Ok(()) => {
-                conn.last_used = Instant::now();
+                conn.meta.last_used = self.shared.clock.now();
                 self.shared.record_success();
                 true
             }
             Err(e) => {
-                conn.close = Some(CloseReason::Invalid);
+                conn.meta.close = Some(CloseReason::Invalid);
                 let text = self.shared.set_last_error(&(self.describe)(&e));
                 tracing::debug!(pool = %self.shared.name, error = %text, "pre-ping failed; connection replaced");
                 self.shared.record_validation_failure();
@@ -250,49 +250,41 @@ impl<M: ManageConnection> Managed<M> {
 /// Dereferences to the backend's connection (`tokio_postgres::Client`,
 /// [`SqliteConnection`](crate::sqlite::SqliteConnection), …).
 pub struct PooledConnection<M: ManageConnection> {
-    conn: Option<bb8::PooledConnection<'static, Managed<M>>>,
-    checked_out_at: Instant,
-    leak_id: Option<u64>,
+    conn: bb8::PooledConnection<'static, Managed<M>>,
+    checked_out_at: Stamp,
+    /// The leak registry's key; 0 when leak detection is off.
+    leak_id: u64,
 }
 
 impl<M: ManageConnection> PooledConnection<M> {
     pub(crate) fn new(
         conn: bb8::PooledConnection<'static, Managed<M>>,
-        checked_out_at: Instant,
-        leak_id: Option<u64>,
+        checked_out_at: Stamp,
+        leak_id: u64,
     ) -> Self {
         PooledConnection {
-            conn: Some(conn),
+            conn,
             checked_out_at,
             leak_id,
         }
     }
 
-    fn tracked_ref(&self) -> &Tracked<M::Connection> {
-        self.conn
-            .as_ref()
-            .expect("the connection is only taken out in Drop")
-    }
-
     fn shared(&self) -> &Shared {
-        &self.tracked_ref().shared
-    }
-
-    fn tracked(&mut self) -> &mut Tracked<M::Connection> {
-        self.conn
-            .as_mut()
-            .expect("the connection is only taken out in Drop")
+        &self.conn.meta.shared
     }
 
     /// How long this connection has been checked out.
     pub fn held_for(&self) -> Duration {
-        self.checked_out_at.elapsed()
+        self.shared()
+            .clock
+            .now()
+            .saturating_since(self.checked_out_at)
     }
 
     /// Closes this connection when it is returned instead of reusing it (after a protocol
     /// error, a cancelled query, a session left in an unknown state).
     pub fn discard(&mut self) {
-        self.tracked().close.get_or_insert(CloseReason::Broken);
+        self.conn.meta.close.get_or_insert(CloseReason::Broken);
     }
 
     pub(crate) fn report_connection_failure(&mut self, text: &str) {
@@ -306,13 +298,13 @@ impl<M: ManageConnection> Deref for PooledConnection<M> {
     type Target = M::Connection;
 
     fn deref(&self) -> &M::Connection {
-        &self.tracked_ref().conn
+        &self.conn.conn
     }
 }
 
 impl<M: ManageConnection> DerefMut for PooledConnection<M> {
     fn deref_mut(&mut self) -> &mut M::Connection {
-        &mut self.tracked().conn
+        &mut self.conn.conn
     }
 }
 
@@ -327,26 +319,29 @@ impl<M: ManageConnection> fmt::Debug for PooledConnection<M> {
 
 impl<M: ManageConnection> Drop for PooledConnection<M> {
     fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        let now = Instant::now();
-        conn.last_used = now;
-        let held = now.saturating_duration_since(self.checked_out_at);
+        // Works on the connection in place; bb8's guard (the field) then puts it back.
+        let conn = &mut *self.conn;
+        let now = conn.meta.shared.clock.now();
+        conn.meta.last_used = now;
+        let held = now.saturating_since(self.checked_out_at);
         // SQLAlchemy's QueuePool: a connection returned while `base_size` are already idle is
         // overflow and is closed.
         let overflow = {
-            let counters = &conn.shared.counters;
-            let in_use_before = counters.in_use.fetch_sub(1, Relaxed);
+            let counters = &conn.meta.shared.counters;
+            let returned_before = counters.returns.fetch_add(1, Relaxed);
+            let in_use_before = counters
+                .checkouts
+                .load(Relaxed)
+                .saturating_sub(returned_before);
             let idle_before = counters.open.load(Relaxed).saturating_sub(in_use_before);
-            idle_before >= u64::from(conn.shared.config.base_size)
+            idle_before >= u64::from(conn.meta.shared.config.base_size)
         };
         if overflow {
-            conn.close.get_or_insert(CloseReason::Overflow);
+            conn.meta.close.get_or_insert(CloseReason::Overflow);
         }
-        let shared = &*conn.shared;
+        let shared = &*conn.meta.shared;
         let counters = &shared.counters;
-        if let (Some(id), Some(leaks)) = (self.leak_id, &shared.leaks) {
+        if let (id @ 1.., Some(leaks)) = (self.leak_id, &shared.leaks) {
             let entry = leaks.entries.lock().remove(&id);
             if let Some(entry) = entry.filter(|e| e.reported) {
                 tracing::warn!(
@@ -368,6 +363,5 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
         if shared.has_observers() {
             shared.emit(&PoolEvent::Returned { held });
         }
-        drop(conn);
     }
 }

@@ -3,6 +3,7 @@
 
 mod breaker;
 mod builder;
+mod clock;
 mod config;
 mod connection;
 mod env;

@@ -81,7 +81,7 @@ async fn probe<M: ManageConnection>(pool: &PoolInner<M>) {
                 "health probe timed out after {}ms",
                 limit.as_millis()
             ));
-            conn.close = Some(CloseReason::Invalid);
+            conn.meta.close = Some(CloseReason::Invalid);
             shared.record_validation_failure();
             false
         }
@@ -97,10 +97,10 @@ async fn probe<M: ManageConnection>(pool: &PoolInner<M>) {
 
 fn scan_leaks(shared: &Shared) {
     let Some(leaks) = &shared.leaks else { return };
-    let now = Instant::now();
+    let now = shared.clock.now();
     let mut found = Vec::new();
     for entry in leaks.entries.lock().values_mut() {
-        let held = now.duration_since(entry.since);
+        let held = now.saturating_since(entry.since);
         if !entry.reported && held >= leaks.threshold {
             entry.reported = true;
             found.push((held, entry.location, entry.span.clone()));

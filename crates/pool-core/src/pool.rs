@@ -10,10 +10,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bb8::ManageConnection;
-use tokio::time::Instant;
 
 use crate::breaker::BreakerState;
 use crate::builder::PoolBuilder;
+use crate::clock::Stamp;
 use crate::connection::{Managed, PooledConnection, Tracked, Verdict};
 use crate::error::{CheckoutError, ConnectError, PoolSnapshot, RunError};
 use crate::observer::{CheckoutOutcome, CloseReason, PoolEvent};
@@ -67,7 +67,7 @@ impl<M: ManageConnection> PoolInner<M> {
             match get.as_mut().poll(&mut cx) {
                 Poll::Ready(Ok(mut conn)) => {
                     if let Some(reason) = retire(&conn) {
-                        conn.close.get_or_insert(reason);
+                        conn.meta.close.get_or_insert(reason);
                     }
                 }
                 _ => break,
@@ -109,7 +109,7 @@ impl<M: ManageConnection> PoolInner<M> {
                         bb8::AddError::NoCapacity(mut conn) | bb8::AddError::Broken(mut conn),
                     ) = self.bb8.add(conn)
                     {
-                        conn.close.get_or_insert(CloseReason::Overflow);
+                        conn.meta.close.get_or_insert(CloseReason::Overflow);
                     }
                 }
                 Ok(Err(e)) => {
@@ -260,7 +260,7 @@ impl<M: ManageConnection> Pool<M> {
     ) -> Result<PooledConnection<M>, CheckoutError> {
         let shared = &self.inner.shared;
         let probe = shared.admit()?;
-        let start = Instant::now();
+        let start = shared.clock.now();
         if !probe {
             // The common case: an idle connection, used within the bypass window, on the first
             // poll. No timer, no pending count, no second clock read; it counts as no wait.
@@ -290,15 +290,15 @@ impl<M: ManageConnection> Pool<M> {
     fn hand_out(
         &self,
         conn: bb8::PooledConnection<'static, Managed<M>>,
-        now: Instant,
+        now: Stamp,
         waited: Duration,
         direct: bool,
         location: &'static Location<'static>,
     ) -> PooledConnection<M> {
         let shared = &self.inner.shared;
         let counters = &shared.counters;
-        let in_use = counters.in_use.fetch_add(1, Relaxed) + 1;
-        counters.checkouts.fetch_add(1, Relaxed);
+        let in_use = (counters.checkouts.fetch_add(1, Relaxed) + 1)
+            .saturating_sub(counters.returns.load(Relaxed));
         if !direct {
             counters.checkouts_waited.fetch_add(1, Relaxed);
             counters.record_wait(waited);
@@ -310,7 +310,10 @@ impl<M: ManageConnection> Pool<M> {
                 outcome: CheckoutOutcome::Ok,
             });
         }
-        let leak_id = shared.leaks.as_ref().map(|l| l.register(location, now));
+        let leak_id = shared
+            .leaks
+            .as_ref()
+            .map_or(0, |l| l.register(location, now));
         PooledConnection::new(conn, now, leak_id)
     }
 
@@ -318,7 +321,7 @@ impl<M: ManageConnection> Pool<M> {
     /// gets, and retries with another connection until the checkout timeout.
     async fn checkout_slow(
         &self,
-        start: Instant,
+        start: Stamp,
         probe: bool,
         location: &'static Location<'static>,
         mut candidate: Option<bb8::PooledConnection<'static, Managed<M>>>,
@@ -326,20 +329,24 @@ impl<M: ManageConnection> Pool<M> {
         let shared = &self.inner.shared;
         let counters = &shared.counters;
         let mut waiting = Waiting::new(shared, probe);
-        if counters.in_use.load(Relaxed) >= u64::from(shared.config.max_size())
+        if counters.in_use() >= u64::from(shared.config.max_size())
             && counters.exhausted.swap(1, Relaxed) == 0
         {
             counters.exhaustion_episodes.fetch_add(1, Relaxed);
         }
         let managed = self.inner.managed();
-        let deadline = start + shared.config.checkout_timeout;
+        let deadline = tokio::time::Instant::now()
+            + shared
+                .config
+                .checkout_timeout
+                .saturating_sub(shared.clock.now().saturating_since(start));
         let attempt = tokio::time::timeout_at(deadline, async {
             loop {
                 let mut conn = match candidate.take() {
                     Some(conn) => conn,
                     None => self.next_connection().await?,
                 };
-                if managed.validate(&mut conn, Instant::now()).await {
+                if managed.validate(&mut conn, shared.clock.now()).await {
                     return Ok(conn);
                 }
                 // Condemned (reason set): dropping it closes it. Try another.
@@ -352,8 +359,8 @@ impl<M: ManageConnection> Pool<M> {
             Ok(Err(Next::Failed(e))) => Err(Some(e)),
             Err(_elapsed) => Err(None),
         };
-        let now = Instant::now();
-        let waited = now.saturating_duration_since(start);
+        let now = shared.clock.now();
+        let waited = now.saturating_since(start);
         match result {
             Ok(conn) => {
                 waiting.done(true);
@@ -496,7 +503,7 @@ impl<M: ManageConnection> Pool<M> {
         let shared = &self.inner.shared;
         let closed_before = shared.counters.closed[CloseReason::Forced.index()].load(Relaxed);
         shared.generation.fetch_add(1, Relaxed);
-        let checked_out = shared.counters.in_use.load(Relaxed);
+        let checked_out = shared.counters.in_use();
         self.inner.walk_idle(|_| Some(CloseReason::Forced));
         let idle_closed =
             shared.counters.closed[CloseReason::Forced.index()].load(Relaxed) - closed_before;

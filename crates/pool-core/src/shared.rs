@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::breaker::{Admission, BreakerState, CircuitBreaker, Transition};
+use crate::clock::{Clock, Stamp};
 use crate::config::PoolConfig;
 use crate::error::CheckoutError;
 use crate::observer::{CheckoutOutcome, PoolEvent, PoolObserver, UtilizationLevel};
@@ -27,6 +28,8 @@ pub(crate) struct Shared {
     pub(crate) backend: String,
     pub(crate) config: PoolConfig,
     pub(crate) counters: Counters,
+    /// The checkout path's clock.
+    pub(crate) clock: Clock,
     breaker: Mutex<CircuitBreaker>,
     /// Mirror of the breaker's state and failure count, so the closed fast path takes no lock.
     breaker_state: AtomicU8,
@@ -67,14 +70,14 @@ pub(crate) struct LeakRegistry {
 }
 
 pub(crate) struct LeakEntry {
-    pub(crate) since: Instant,
+    pub(crate) since: Stamp,
     pub(crate) location: &'static Location<'static>,
     pub(crate) span: tracing::Span,
     pub(crate) reported: bool,
 }
 
 impl LeakRegistry {
-    pub(crate) fn register(&self, location: &'static Location<'static>, since: Instant) -> u64 {
+    pub(crate) fn register(&self, location: &'static Location<'static>, since: Stamp) -> u64 {
         let id = self.next_id.fetch_add(1, Relaxed);
         let entry = LeakEntry {
             since,
@@ -97,7 +100,8 @@ impl Shared {
         let breaker = CircuitBreaker::new(config.breaker.clone());
         let leaks = config.leak_threshold.map(|threshold| LeakRegistry {
             threshold,
-            next_id: AtomicU64::new(0),
+            // 0 stands for "not registered" in the connection guard.
+            next_id: AtomicU64::new(1),
             entries: Mutex::new(HashMap::new()),
         });
         let warn_in_use =
@@ -114,6 +118,7 @@ impl Shared {
             validation_failure_counted: AtomicBool::new(false),
             config,
             counters: Counters::default(),
+            clock: Clock::new(),
             observers,
             last_error: Mutex::new(None),
             generation: AtomicU64::new(0),

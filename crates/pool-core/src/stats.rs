@@ -176,7 +176,10 @@ fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S
 /// The counters behind [`PoolStats`]; relaxed atomics, bumped on the hot path.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Connections handed out, and handed back; in use is the difference (two counters
+    /// instead of three keep the checkout path to one atomic add each way).
     pub(crate) checkouts: AtomicU64,
+    pub(crate) returns: AtomicU64,
     pub(crate) checkouts_waited: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     pub(crate) rejected: AtomicU64,
@@ -184,7 +187,6 @@ pub(crate) struct Counters {
     pub(crate) wait_max_us: AtomicU64,
     pub(crate) wait_max_prev_us: AtomicU64,
     pub(crate) pending: AtomicU64,
-    pub(crate) in_use: AtomicU64,
     pub(crate) open: AtomicU64,
     pub(crate) created: AtomicU64,
     pub(crate) create_failures: AtomicU64,
@@ -198,6 +200,14 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// Connections checked out and not yet returned.
+    pub(crate) fn in_use(&self) -> u64 {
+        // `returns` first: both only grow, so the later `checkouts` read cannot be the
+        // smaller one for a checkout whose return was counted.
+        let returns = self.returns.load(Relaxed);
+        self.checkouts.load(Relaxed).saturating_sub(returns)
+    }
+
     pub(crate) fn record_wait(&self, waited: Duration) {
         let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
         self.wait_total_us.fetch_add(us, Relaxed);
