@@ -287,6 +287,7 @@ impl<M: ManageConnection> Pool<M> {
         Box::pin(self.checkout_slow(start, probe, location, None)).await
     }
 
+    #[inline]
     fn hand_out(
         &self,
         conn: bb8::PooledConnection<'static, Managed<M>>,

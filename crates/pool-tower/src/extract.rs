@@ -86,9 +86,15 @@ impl<M: ManageConnection> Slot<M> {
     }
 
     /// Returns the connection to the pool. If it is lent out (a leaked handle still using
-    /// it), the `DbConn` returns it when dropped.
+    /// it), the `DbConn` returns it when dropped. Only the first call does anything.
     pub(crate) fn release(&self) {
-        let previous = std::mem::replace(&mut *self.state.lock(), State::Released);
+        let previous = {
+            let mut state = self.state.lock();
+            if matches!(*state, State::Released) {
+                return;
+            }
+            std::mem::replace(&mut *state, State::Released)
+        };
         drop(previous);
         self.returned.notify_waiters();
     }

@@ -290,15 +290,18 @@ struct TelemetryObserver {
 }
 
 impl TelemetryObserver {
-    fn pool_attr(&self, pool: &str) -> KeyValue {
+    /// The pool-name attribute of the pool the observer was first attached to, by reference
+    /// (the per-checkout records then clone nothing).
+    fn first_pool_attr(&self, pool: &str) -> Option<&KeyValue> {
         let (name, attr) = self.attributes.get_or_init(|| {
             let value = Value::String(StringValue::from(Arc::<str>::from(pool)));
             (pool.to_owned(), KeyValue::new(names::POOL_NAME, value))
         });
-        if name == pool {
-            return attr.clone();
-        }
-        // The same observer attached to a second pool: rare; cache per name.
+        (name == pool).then_some(attr)
+    }
+
+    /// The same observer attached to a second pool: rare; cached per name.
+    fn other_pool_attr(&self, pool: &str) -> KeyValue {
         let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
         others
             .entry(pool.to_owned())
@@ -319,24 +322,33 @@ fn span(name: &'static str, attributes: Vec<KeyValue>) {
 impl PoolObserver for TelemetryObserver {
     fn on_event(&self, pool: &str, event: &PoolEvent<'_>) {
         let m = &*self.instruments;
-        let attr = self.pool_attr(pool);
+        let other;
+        let attr = match self.first_pool_attr(pool) {
+            Some(attr) => attr,
+            None => {
+                other = self.other_pool_attr(pool);
+                &other
+            }
+        };
+        let attrs = std::slice::from_ref(attr);
         match event {
             PoolEvent::Checkout { waited, outcome } => match outcome {
-                CheckoutOutcome::Ok => m.wait_time.record(waited.as_secs_f64(), &[attr]),
-                CheckoutOutcome::Timeout => m.timeouts.add(1, &[attr]),
-                CheckoutOutcome::CircuitOpen => m.rejected.add(1, &[attr]),
+                CheckoutOutcome::Ok => m.wait_time.record(waited.as_secs_f64(), attrs),
+                CheckoutOutcome::Timeout => m.timeouts.add(1, attrs),
+                CheckoutOutcome::CircuitOpen => m.rejected.add(1, attrs),
                 _ => {}
             },
-            PoolEvent::Returned { held } => m.use_time.record(held.as_secs_f64(), &[attr]),
+            PoolEvent::Returned { held } => m.use_time.record(held.as_secs_f64(), attrs),
             PoolEvent::ConnectionCreated { took, error: None } => {
-                m.create_time.record(took.as_secs_f64(), &[attr]);
+                m.create_time.record(took.as_secs_f64(), attrs);
             }
-            PoolEvent::ConnectionCreated { error: Some(_), .. } => {
-                m.create_failures.add(1, &[attr])
-            }
+            PoolEvent::ConnectionCreated { error: Some(_), .. } => m.create_failures.add(1, attrs),
             PoolEvent::ConnectionClosed { reason } => m.closed.add(
                 1,
-                &[attr, KeyValue::new(names::CLOSE_REASON, reason.as_str())],
+                &[
+                    attr.clone(),
+                    KeyValue::new(names::CLOSE_REASON, reason.as_str()),
+                ],
             ),
             PoolEvent::BreakerTransition(t) => {
                 let from = KeyValue::new(names::BREAKER_FROM, t.from.as_str());
@@ -346,7 +358,7 @@ impl PoolObserver for TelemetryObserver {
                 span(
                     names::SPAN_BREAKER_TRANSITION,
                     vec![
-                        attr,
+                        attr.clone(),
                         from,
                         to,
                         KeyValue::new(names::BREAKER_REASON, t.reason.as_str()),
@@ -358,11 +370,11 @@ impl PoolObserver for TelemetryObserver {
                 );
             }
             PoolEvent::LeakSuspected { held, location, .. } => {
-                m.leaks.add(1, std::slice::from_ref(&attr));
+                m.leaks.add(1, attrs);
                 span(
                     names::SPAN_LEAK,
                     vec![
-                        attr,
+                        attr.clone(),
                         KeyValue::new("code.file.path", location.file()),
                         KeyValue::new("code.line.number", i64::from(location.line())),
                         KeyValue::new("db.client.connection.pool.held", held.as_secs_f64()),
@@ -375,7 +387,7 @@ impl PoolObserver for TelemetryObserver {
             } => span(
                 names::SPAN_FORCED_RECYCLE,
                 vec![
-                    attr,
+                    attr.clone(),
                     KeyValue::new(
                         "db.client.connection.pool.idle_closed",
                         i64::try_from(*idle_closed).unwrap_or(i64::MAX),
@@ -389,7 +401,7 @@ impl PoolObserver for TelemetryObserver {
             PoolEvent::HealthCheck { ok } => m.health_checks.add(
                 1,
                 &[
-                    attr,
+                    attr.clone(),
                     KeyValue::new(
                         names::HEALTH_CHECK_RESULT,
                         if *ok { "ok" } else { "failed" },
