@@ -82,6 +82,10 @@ else
 fi
 if [ $have_clippy = 1 ]; then
   step "cargo clippy" cargo clippy --workspace --all-targets --all-features -- -D warnings
+  # The libraries as applications build them: without the test-only `test-util` feature (which
+  # the line above and the tests turn on), so the production clock is linted too.
+  step "cargo clippy (libraries, default features)" \
+    cargo clippy -p pool-core -p pool-tower --lib -- -D warnings
 else
   echo "!!! clippy is not installed and could not be added: lints NOT checked"
   failed+=("clippy unavailable")
@@ -101,6 +105,9 @@ no_sdk_in_libraries() {
 step "libraries depend on the OpenTelemetry API only" no_sdk_in_libraries
 
 step "cargo test" cargo test --workspace --all-features
+# Every benchmark once, as a test, against the libraries as applications build them (the
+# production clock; `-p pool-benches` keeps the other members' test-only features out).
+step "benchmarks run once (smoke)" cargo test -p pool-benches --benches
 
 # --- summary ----------------------------------------------------------------------------------
 echo

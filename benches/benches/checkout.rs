@@ -53,6 +53,10 @@ const TASKS: u64 = 64;
 const PER_TASK: u64 = 1000;
 
 fn bench(c: &mut Criterion) {
+    assert!(
+        !pool_core::uses_test_clock(),
+        "pool-core was built with its test-util feature; run the benchmarks with -p pool-benches"
+    );
     let rt = runtime();
     let bb8 = rt.block_on(async { bb8::Pool::builder().max_size(16).build(Unit).await.unwrap() });
     // For the breakdown: bb8 as pool-core configures it (no checkout test, no bb8 lifetime).

@@ -51,6 +51,10 @@ impl SpanExporter for DropSpans {
 }
 
 fn bench(c: &mut Criterion) {
+    assert!(
+        !pool_core::uses_test_clock(),
+        "pool-core was built with its test-util feature; run the benchmarks with -p pool-benches"
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -286,8 +286,8 @@ impl<M: ManageConnection> PoolBuilder<M> {
             describe: self.describe,
         };
         // bb8 panics on zero sizes and durations; `check` has ruled those out. Lifetimes are
-        // enforced with jitter by `Managed` and the monitor, not by bb8 (whose unjittered check
-        // reads the clock on every return). Validation runs in our checkout (it already
+        // enforced with jitter on checkout and return and by the monitor's idle walk, not by
+        // bb8 (whose unjittered check reads the OS clock on every return). Validation runs in our checkout (it already
         // knows the time), not in bb8's `test_on_check_out`. No `min_idle`: the base is kept
         // by total count (`top_up`), as SQLAlchemy does.
         let bb8 = bb8::Pool::builder()

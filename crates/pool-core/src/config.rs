@@ -105,6 +105,11 @@ pub struct PoolConfig {
     pub checkout_timeout: Duration,
     /// Maximum age of a connection; `None` keeps connections forever (`DB_POOL_RECYCLE`,
     /// where `-1` or `0` mean `None`). Each connection gets up to 2.5 % less, at random.
+    /// Checked on checkout and return, and for idle connections on every monitor tick.
+    ///
+    /// Lifetimes, the bypass window and the leak threshold are measured on the pool's own
+    /// clock (the CPU's counter): paused tokio time moves them only with the `test-util`
+    /// feature.
     pub max_lifetime: Option<Duration>,
     /// Limit for opening one connection (`DB_POOL_CONNECT_TIMEOUT`).
     pub connect_timeout: Duration,
@@ -118,7 +123,8 @@ pub struct PoolConfig {
     /// 500 ms; `Duration::ZERO` pings on every checkout.
     pub validation_bypass: Duration,
     /// Close connections idle this long; the pool re-opens up to `base_size`
-    /// (`DB_POOL_IDLE_TIMEOUT`). Defaults to `None`.
+    /// (`DB_POOL_IDLE_TIMEOUT`). Defaults to `None`. Enforced by bb8's reaper, on the
+    /// standard clock (paused tokio time does not move it).
     pub idle_timeout: Option<Duration>,
     /// Warn when a connection is held longer than this (`DB_POOL_LEAK_THRESHOLD`).
     /// Defaults to `None` (off).

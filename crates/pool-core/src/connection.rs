@@ -6,8 +6,9 @@
 //! lifetime jitter, forced recycling and overflow closing, and counts every close by reason.
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ impl<M: ManageConnection> fmt::Debug for Managed<M> {
 
 /// A pooled connection with what the pool needs to know about it. The bookkeeping sits in
 /// its own allocation (made once per connection): bb8 moves its connections by value on every
-/// checkout and return, so this keeps what it moves to two words plus the driver's handle.
+/// checkout and return, so what it moves is the driver's handle and one pointer.
 pub(crate) struct Tracked<C> {
     pub(crate) conn: C,
     pub(crate) meta: Box<Meta>,
@@ -252,15 +253,15 @@ impl<M: ManageConnection> Managed<M> {
 pub struct PooledConnection<M: ManageConnection> {
     conn: bb8::PooledConnection<'static, Managed<M>>,
     checked_out_at: Stamp,
-    /// The leak registry's key; 0 when leak detection is off.
-    leak_id: u64,
+    /// The leak registry's key, when leak detection is on.
+    leak_id: Option<NonZeroU64>,
 }
 
 impl<M: ManageConnection> PooledConnection<M> {
     pub(crate) fn new(
         conn: bb8::PooledConnection<'static, Managed<M>>,
         checked_out_at: Stamp,
-        leak_id: u64,
+        leak_id: Option<NonZeroU64>,
     ) -> Self {
         PooledConnection {
             conn,
@@ -328,7 +329,9 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
         // overflow and is closed.
         let overflow = {
             let counters = &conn.meta.shared.counters;
-            let returned_before = counters.returns.fetch_add(1, Relaxed);
+            // AcqRel: returns are counted with Release and read with Acquire, so whoever sees
+            // this return also sees its checkout (in use is never undercounted).
+            let returned_before = counters.returns.fetch_add(1, AcqRel);
             let in_use_before = counters
                 .checkouts
                 .load(Relaxed)
@@ -341,7 +344,7 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
         }
         let shared = &*conn.meta.shared;
         let counters = &shared.counters;
-        if let (id @ 1.., Some(leaks)) = (self.leak_id, &shared.leaks) {
+        if let (Some(id), Some(leaks)) = (self.leak_id, &shared.leaks) {
             let entry = leaks.entries.lock().remove(&id);
             if let Some(entry) = entry.filter(|e| e.reported) {
                 tracing::warn!(

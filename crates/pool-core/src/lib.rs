@@ -34,3 +34,10 @@ pub use postgres::PostgresPool;
 pub use sqlite::SqlitePool;
 pub use stats::{BreakerStats, ClosedConnections, MonitorStatus, PoolStats};
 pub use url::{BackendKind, DatabaseUrl, UrlError};
+
+/// `true` when this build reads tokio's clock (the `test-util` feature); benchmarks check it
+/// so they never measure the test clock.
+#[doc(hidden)]
+pub fn uses_test_clock() -> bool {
+    cfg!(feature = "test-util")
+}

@@ -43,11 +43,13 @@ pub(crate) fn spawn<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
     }
 }
 
-/// One monitor tick: utilization level (with hysteresis) and, when the pool is idle, a
-/// health probe.
+/// One monitor tick: idle connections past their lifetime closed, utilization level (with
+/// hysteresis), a health probe when the pool is idle, and the base topped up.
 async fn tick<M: ManageConnection>(pool: &PoolInner<M>) {
     let shared = &pool.shared;
     shared.counters.roll_wait_window();
+    let now = shared.clock.now();
+    pool.walk_idle(|conn| conn.meta.retire_reason(now));
     let state = pool.bb8.state();
     let in_use = state.connections - state.idle_connections;
     let utilization = f64::from(in_use) / f64::from(shared.config.max_size().max(1));

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::{poll_fn, Future};
 use std::panic::Location;
 use std::pin::{pin, Pin};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -55,7 +55,8 @@ pub(crate) struct PoolInner<M: ManageConnection> {
 impl<M: ManageConnection> PoolInner<M> {
     /// Walks the idle queue once: each idle connection is taken (a ready, synchronous step)
     /// and put back, and those for which `retire` names a reason are closed by the putting
-    /// back. Used for forced recycling and for retiring expired idle connections.
+    /// back. Used for forced recycling and, on every monitor tick, for retiring idle
+    /// connections past their lifetime.
     pub(crate) fn walk_idle(
         &self,
         retire: impl Fn(&Tracked<M::Connection>) -> Option<CloseReason>,
@@ -298,8 +299,9 @@ impl<M: ManageConnection> Pool<M> {
     ) -> PooledConnection<M> {
         let shared = &self.inner.shared;
         let counters = &shared.counters;
-        let in_use = (counters.checkouts.fetch_add(1, Relaxed) + 1)
-            .saturating_sub(counters.returns.load(Relaxed));
+        // Returns read first (Acquire, see `Counters::in_use`), then this checkout counted.
+        let returned = counters.returns.load(Acquire);
+        let in_use = (counters.checkouts.fetch_add(1, Relaxed) + 1).saturating_sub(returned);
         if !direct {
             counters.checkouts_waited.fetch_add(1, Relaxed);
             counters.record_wait(waited);
@@ -311,10 +313,7 @@ impl<M: ManageConnection> Pool<M> {
                 outcome: CheckoutOutcome::Ok,
             });
         }
-        let leak_id = shared
-            .leaks
-            .as_ref()
-            .map_or(0, |l| l.register(location, now));
+        let leak_id = shared.leaks.as_ref().map(|l| l.register(location, now));
         PooledConnection::new(conn, now, leak_id)
     }
 

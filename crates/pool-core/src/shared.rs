@@ -2,6 +2,7 @@
 //! tasks: counters, the breaker, the observers, the leak registry.
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
@@ -66,7 +67,7 @@ impl std::fmt::Debug for Shared {
 pub(crate) struct LeakRegistry {
     pub(crate) threshold: Duration,
     next_id: AtomicU64,
-    pub(crate) entries: Mutex<HashMap<u64, LeakEntry>>,
+    pub(crate) entries: Mutex<HashMap<NonZeroU64, LeakEntry>>,
 }
 
 pub(crate) struct LeakEntry {
@@ -77,8 +78,12 @@ pub(crate) struct LeakEntry {
 }
 
 impl LeakRegistry {
-    pub(crate) fn register(&self, location: &'static Location<'static>, since: Stamp) -> u64 {
-        let id = self.next_id.fetch_add(1, Relaxed);
+    pub(crate) fn register(
+        &self,
+        location: &'static Location<'static>,
+        since: Stamp,
+    ) -> NonZeroU64 {
+        let id = NonZeroU64::MIN.saturating_add(self.next_id.fetch_add(1, Relaxed));
         let entry = LeakEntry {
             since,
             location,
@@ -100,8 +105,7 @@ impl Shared {
         let breaker = CircuitBreaker::new(config.breaker.clone());
         let leaks = config.leak_threshold.map(|threshold| LeakRegistry {
             threshold,
-            // 0 stands for "not registered" in the connection guard.
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(0),
             entries: Mutex::new(HashMap::new()),
         });
         let warn_in_use =

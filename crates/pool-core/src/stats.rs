@@ -1,6 +1,6 @@
 //! One consistent snapshot of everything the pool knows about itself.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Acquire, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::breaker::BreakerState;
@@ -177,7 +177,7 @@ fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     /// Connections handed out, and handed back; in use is the difference (two counters
-    /// instead of three keep the checkout path to one atomic add each way).
+    /// keep the checkout path to one atomic add each way).
     pub(crate) checkouts: AtomicU64,
     pub(crate) returns: AtomicU64,
     pub(crate) checkouts_waited: AtomicU64,
@@ -200,11 +200,12 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    /// Connections checked out and not yet returned.
+    /// Connections checked out and not yet returned: exact at rest; while checkouts and
+    /// returns race it may count one that is just being returned, never one too few.
     pub(crate) fn in_use(&self) -> u64 {
-        // `returns` first: both only grow, so the later `checkouts` read cannot be the
-        // smaller one for a checkout whose return was counted.
-        let returns = self.returns.load(Relaxed);
+        // `returns` first, with Acquire (returns are counted with Release): every checkout
+        // whose return is seen is then seen too.
+        let returns = self.returns.load(Acquire);
         self.checkouts.load(Relaxed).saturating_sub(returns)
     }
 

@@ -579,3 +579,32 @@ async fn the_monitor_retires_idle_connections_past_their_lifetime_and_restores_t
     assert_eq!((s.size, s.idle), (1, 1), "the base was re-opened");
     assert_eq!(state.connects.load(SeqCst), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_monitor_retires_every_expired_idle_connection_while_others_are_in_use() {
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(3)
+        .max_overflow(0)
+        .max_lifetime(Duration::from_secs(100))
+        .health_interval(Duration::from_secs(10))
+        .build(manager)
+        .unwrap();
+    pool.warm_up().await.unwrap();
+    let held = pool.get().await.unwrap();
+    // Past every jittered lifetime; the monitor ticks at 10 s intervals meanwhile.
+    tokio::time::sleep(Duration::from_secs(105)).await;
+    let s = pool.stats();
+    assert_eq!(
+        s.connections_closed.max_lifetime, 2,
+        "both idle connections were closed without waiting for a checkout"
+    );
+    assert_eq!((s.size, s.in_use, s.idle), (3, 1, 2), "and replaced");
+    assert_eq!(state.connects.load(SeqCst), 5);
+    drop(held);
+    let s = pool.stats();
+    assert_eq!(
+        s.connections_closed.max_lifetime, 3,
+        "the held one on its return"
+    );
+}
