@@ -107,6 +107,12 @@ fn bench(c: &mut Criterion) {
         drop(conn);
         Ok::<_, Infallible>(Response::new(String::new()))
     });
+    // Eager mode: the layer checks out before a trivial inner service that never looks.
+    let trivial =
+        service_fn(
+            |_req: Request<()>| async move { Ok::<_, Infallible>(Response::new(String::new())) },
+        );
+    let eager = PoolLayer::new(pool.clone()).eager().layer(trivial);
     let layered = PoolLayer::new(pool).layer(handler);
     // The same without the telemetry observer: how much of the cost is the SDK's recording.
     let layered_no_metrics = PoolLayer::new(bare_pool).layer(handler);
@@ -142,6 +148,7 @@ fn bench(c: &mut Criterion) {
     case!("bb8_get_owned_by_hand", baseline, Some(unsampled));
     case!("layer_unsampled", layered, Some(unsampled));
     case!("layer_sampled", layered, Some(sampled));
+    case!("layer_eager_unsampled", eager, Some(unsampled));
     case!(
         "layer_unsampled_no_metrics",
         layered_no_metrics,
