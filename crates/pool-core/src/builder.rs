@@ -137,7 +137,8 @@ impl<M: ManageConnection> PoolBuilder<M> {
         self
     }
 
-    /// Maximum connection age (`None` for no limit). Defaults to 1800 s.
+    /// Maximum connection age (`None` for no limit). Defaults to 1800 s. Measured on the
+    /// pool's clock, which paused tokio time moves only with the `test-util` feature.
     pub fn max_lifetime(mut self, d: impl Into<Option<Duration>>) -> Self {
         self.config.max_lifetime = d.into();
         self
@@ -161,7 +162,8 @@ impl<M: ManageConnection> PoolBuilder<M> {
         self
     }
 
-    /// Skip the ping for connections used within this window. Defaults to 500 ms.
+    /// Skip the ping for connections used within this window. Defaults to 500 ms. Measured
+    /// on the pool's clock, which paused tokio time moves only with the `test-util` feature.
     pub fn validation_bypass(mut self, d: Duration) -> Self {
         self.config.validation_bypass = d;
         self
@@ -173,7 +175,8 @@ impl<M: ManageConnection> PoolBuilder<M> {
         self
     }
 
-    /// Warn about connections held longer than this. Defaults to `None` (off).
+    /// Warn about connections held longer than this. Defaults to `None` (off). Measured on
+    /// the pool's clock, which paused tokio time moves only with the `test-util` feature.
     pub fn leak_threshold(mut self, d: impl Into<Option<Duration>>) -> Self {
         self.config.leak_threshold = d.into();
         self
