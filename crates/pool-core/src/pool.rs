@@ -283,6 +283,8 @@ impl<M: ManageConnection> Pool<M> {
                 }
             }
         }
+        // The first attempt's `get` ended with the block above: still alive, it would stay
+        // queued in bb8 beside the slow path's, and bb8 would open a connection for each.
         // Boxed: the slow path's state is large, and keeping it out of line keeps the future
         // that every checkout creates (and moves) small.
         Box::pin(self.checkout_slow(start, probe, location, None)).await

@@ -29,6 +29,23 @@ fn builder() -> PoolBuilder<MemManager> {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_checkout_that_waits_opens_one_connection_not_two() {
+    let (manager, state) = MemManager::new();
+    let pool = builder().base_size(1).build(manager).unwrap();
+    pool.warm_up().await.unwrap();
+    let _held = pool.get().await.unwrap();
+    // No idle connection: the checkout waits while bb8 opens one for it. Its first attempt
+    // must not stay queued beside the second, or bb8 opens a connection for each.
+    let _second = pool.get().await.unwrap();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let s = pool.stats();
+    assert_eq!(state.connects.load(SeqCst), 2);
+    assert_eq!((s.size, s.in_use, s.idle), (2, 2, 0));
+}
+
+#[tokio::test(start_paused = true)]
 async fn overflow_connections_close_on_return_while_the_base_is_idle() {
     let (manager, state) = MemManager::new();
     let recorder = Recorder::new();
