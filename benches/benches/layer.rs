@@ -5,12 +5,13 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
-use opentelemetry::global;
 use opentelemetry::metrics::MeterProvider;
+use opentelemetry::{global, KeyValue};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -69,8 +70,10 @@ fn bench(c: &mut Criterion) {
     global::set_tracer_provider(tracers.clone());
     global::set_text_map_propagator(TraceContextPropagator::new());
 
+    let mut bb8_floor_pool = None;
     let (bb8, pool, bare_pool) = rt.block_on(async {
         let bb8 = bb8::Pool::builder().max_size(16).build(Unit).await.unwrap();
+        bb8_floor_pool = Some(bb8.clone());
         let telemetry = PoolTelemetry::new(&meters.meter("bench"));
         let pool = Pool::builder()
             .base_size(16)
@@ -91,6 +94,31 @@ fn bench(c: &mut Criterion) {
         (bb8, pool, bare_pool)
     });
 
+    // For the breakdown: the hand-written service plus what any layer meeting the spec must
+    // also do per request, and nothing else: put a handle into the request's extensions and
+    // record the wait and use time histograms (with the pool-name attribute) in the SDK.
+    let floor = {
+        let pool = bb8_floor_pool.take().unwrap();
+        let meter = meters.meter("bench-floor");
+        let wait = meter.f64_histogram("floor.wait_time").build();
+        let used = meter.f64_histogram("floor.use_time").build();
+        let attrs = [KeyValue::new("db.client.connection.pool.name", "bench")];
+        let metrics = Arc::new((wait, used, attrs));
+        service_fn(move |mut req: Request<()>| {
+            let pool = pool.clone();
+            let metrics = metrics.clone();
+            async move {
+                let (wait, used, attrs) = &*metrics;
+                req.extensions_mut().insert(Arc::new(()));
+                let conn = pool.get_owned().await.unwrap();
+                wait.record(0.0, attrs);
+                black_box(&*conn);
+                drop(conn);
+                used.record(0.0, attrs);
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }
+        })
+    };
     let baseline = service_fn(move |_req: Request<()>| {
         let pool = bb8.clone();
         async move {
@@ -146,6 +174,7 @@ fn bench(c: &mut Criterion) {
         };
     }
     case!("bb8_get_owned_by_hand", baseline, Some(unsampled));
+    case!("by_hand_plus_extension_and_metrics", floor, Some(unsampled));
     case!("layer_unsampled", layered, Some(unsampled));
     case!("layer_sampled", layered, Some(sampled));
     case!("layer_eager_unsampled", eager, Some(unsampled));

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs the benchmarks and prints each result against the baseline measured in the same run.
+#
+# usage: scripts/bench.sh [criterion args, e.g. a filter such as checkout_seq]
+#
+# The ratios are of criterion's typical estimates (the regression slope where criterion has
+# one, else the mean). The machine matters less than the ratio, but a busy one still moves it:
+# run twice and compare.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo bench -p pool-benches --bench checkout --bench layer -- "$@"
+
+python3 - <<'PY'
+import json
+import pathlib
+
+root = pathlib.Path("target/criterion")
+
+
+def typical(group, name):
+    """Criterion's headline estimate for one benchmark, in ns, or None if it did not run."""
+    path = root / group / name / "new" / "estimates.json"
+    if not path.exists():
+        return None
+    estimates = json.loads(path.read_text())
+    return (estimates.get("slope") or estimates["mean"])["point_estimate"]
+
+
+rows = [
+    # (group, measured, baseline, what the line says)
+    ("checkout_seq", "pool_core_get", "bb8_get_owned", "checkout + return, 1 task"),
+    ("checkout_seq", "pool_core_get_no_observer", "bb8_get_owned", "  the same, no observer"),
+    ("checkout_seq", "bb8_as_configured", "bb8_get_owned", "  bb8 as pool-core configures it"),
+    ("checkout_c64", "pool_core_get", "bb8_get_owned", "checkout + return, 64 tasks"),
+    ("request", "layer_unsampled", "bb8_get_owned_by_hand", "request, trace unsampled"),
+    ("request", "by_hand_plus_extension_and_metrics", "bb8_get_owned_by_hand",
+     "  floor: by hand + extension + 2 records"),
+    ("request", "layer_eager_unsampled", "bb8_get_owned_by_hand", "  eager mode"),
+    ("request", "layer_unsampled_no_metrics", "bb8_get_owned_by_hand", "  no metrics"),
+]
+
+print()
+print(f"{'benchmark':36} {'baseline':>11} {'ours':>11} {'ratio':>7}")
+for group, measured, baseline, label in rows:
+    ours, base = typical(group, measured), typical(group, baseline)
+    if ours is None or base is None:
+        continue
+    print(f"{label:36} {base:9.1f}ns {ours:9.1f}ns {ours / base:6.2f}x")
+
+sampled = typical("request", "layer_sampled")
+unsampled = typical("request", "layer_unsampled")
+if sampled is not None and unsampled is not None:
+    extra = (sampled - unsampled) / 1000
+    print(f"{'request, trace sampled':36} {unsampled:9.1f}ns {sampled:9.1f}ns {extra:+5.2f}us")
+PY
