@@ -35,7 +35,7 @@ rows = [
     ("checkout_c64", "pool_core_get", "bb8_get_owned", "checkout + return, 64 tasks"),
     ("request", "layer_unsampled", "bb8_get_owned_by_hand", "request, trace unsampled"),
     ("request", "by_hand_plus_extension_and_metrics", "bb8_get_owned_by_hand",
-     "  floor: by hand + extension + 2 records"),
+     "  floor: by hand + extension + records"),
     ("request", "layer_eager_unsampled", "bb8_get_owned_by_hand", "  eager mode"),
     ("request", "layer_unsampled_no_metrics", "bb8_get_owned_by_hand", "  no metrics"),
 ]
