@@ -48,6 +48,9 @@ pub(crate) struct Slot<M: ManageConnection> {
     /// Woken when a lent connection comes back (or a checkout gives up), for a second
     /// `conn()` on the same request.
     returned: Notify,
+    /// `conn()` calls waiting on `returned`: counted under the state lock, so a change of
+    /// state that reads zero there has nobody to wake (the usual case) and skips the wake-up.
+    waiting: AtomicUsize,
     /// Handles given to the request (not the service's own reference).
     handles: AtomicUsize,
     /// The sampled trace the request belongs to, if any: checkout spans go there.
@@ -73,6 +76,7 @@ impl<M: ManageConnection> Slot<M> {
             pool,
             state: parking_lot::Mutex::new(State::Empty),
             returned: Notify::new(),
+            waiting: AtomicUsize::new(0),
             handles: AtomicUsize::new(0),
             parent,
         })
@@ -88,15 +92,23 @@ impl<M: ManageConnection> Slot<M> {
     /// Returns the connection to the pool. If it is lent out (a leaked handle still using
     /// it), the `DbConn` returns it when dropped. Only the first call does anything.
     pub(crate) fn release(&self) {
-        let previous = {
+        let (previous, wake) = {
             let mut state = self.state.lock();
             if matches!(*state, State::Released) {
                 return;
             }
-            std::mem::replace(&mut *state, State::Released)
+            let previous = std::mem::replace(&mut *state, State::Released);
+            (previous, self.has_waiters())
         };
         drop(previous);
-        self.returned.notify_waiters();
+        if wake {
+            self.returned.notify_waiters();
+        }
+    }
+
+    /// Whether a `conn()` waits for the state to change; read under the state lock.
+    fn has_waiters(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 
     /// Gives back a held connection (the request no longer needs it).
@@ -123,6 +135,15 @@ impl<M: ManageConnection> Slot<M> {
     }
 }
 
+/// A `conn()` counted as waiting; uncounted when it wakes or is abandoned.
+struct Waiter<'a, M: ManageConnection>(&'a Slot<M>);
+
+impl<M: ManageConnection> Drop for Waiter<'_, M> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Marks the slot `Busy` while one `conn()` checks out; if that call is abandoned or fails,
 /// the slot goes back to `Empty` and a waiting `conn()` may try.
 struct Claim<'a, M: ManageConnection>(Option<&'a Slot<M>>);
@@ -134,8 +155,11 @@ impl<M: ManageConnection> Drop for Claim<'_, M> {
             if matches!(*state, State::Busy) {
                 *state = State::Empty;
             }
+            let wake = slot.has_waiters();
             drop(state);
-            slot.returned.notify_one();
+            if wake {
+                slot.returned.notify_one();
+            }
         }
     }
 }
@@ -175,7 +199,12 @@ impl<M: ManageConnection> Db<M> {
                             })
                         }
                         State::Empty => true,
-                        State::Busy => false,
+                        State::Busy => {
+                            // Counted before the lock is let go: whoever changes the state
+                            // next sees it and wakes this call.
+                            slot.waiting.fetch_add(1, Ordering::Relaxed);
+                            false
+                        }
                         State::Released => {
                             *state = State::Released;
                             return Err(DbError::RequestFinished);
@@ -192,6 +221,7 @@ impl<M: ManageConnection> Db<M> {
                         slot,
                     });
                 }
+                let _counted = Waiter(slot);
                 returned.await;
             }
         }
@@ -316,18 +346,21 @@ impl<M: ManageConnection> DerefMut for DbConn<'_, M> {
 impl<M: ManageConnection> Drop for DbConn<'_, M> {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        let leftover = {
+        let (leftover, wake) = {
             let mut state = self.slot.state.lock();
-            if matches!(*state, State::Released) {
+            let leftover = if matches!(*state, State::Released) {
                 // The response is already out (a leaked handle): back to the pool.
                 Some(conn)
             } else {
                 *state = State::Held(conn);
                 None
-            }
+            };
+            (leftover, self.slot.has_waiters())
         };
         drop(leftover);
-        self.slot.returned.notify_one();
+        if wake {
+            self.slot.returned.notify_one();
+        }
     }
 }
 

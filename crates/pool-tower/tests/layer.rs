@@ -190,6 +190,37 @@ async fn a_second_conn_on_the_same_request_waits_for_the_first_and_gets_the_same
     assert_eq!(pool.stats().in_use, 0);
 }
 
+#[tokio::test]
+async fn a_conn_waiting_when_the_response_completes_is_told_the_request_finished() {
+    let pool = pool();
+    let (mut svc, mut handle) = service(PoolLayer::new(pool.clone()));
+    handle.allow(1);
+    assert!(svc.poll_ready().is_ready());
+    let response = svc.call(Request::new(()));
+    let (request, send) = handle.next_request().await.unwrap();
+    let db = request.extensions().get::<Db<Mem>>().unwrap().clone();
+    let other = db.clone();
+    let first = db.conn().await.unwrap();
+    let waiting = tokio::spawn(async move { other.conn().await.map(|_| ()) });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "waits while the first is held");
+    send.send_response(Response::new(String::new()));
+    response.await.unwrap();
+    // Bounded: a missed wake-up fails here instead of hanging the suite.
+    let outcome = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting conn() is woken when the response completes")
+        .unwrap();
+    assert!(matches!(outcome, Err(DbError::RequestFinished)));
+    drop(first);
+    drop((request, db));
+    assert_eq!(
+        pool.stats().in_use,
+        0,
+        "the lent connection went back to the pool"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_abandoned_checkout_lets_the_next_conn_try_again() {
     let pool = pool();
