@@ -18,13 +18,30 @@ import pathlib
 root = pathlib.Path("target/criterion")
 
 
-def typical(group, name):
-    """Criterion's headline estimate for one benchmark, in ns, or None if it did not run."""
+def estimate(group, name):
+    """Criterion's headline estimate for one benchmark (ns) and its 95 % interval's width
+    relative to it, or None if it did not run."""
     path = root / group / name / "new" / "estimates.json"
     if not path.exists():
         return None
     estimates = json.loads(path.read_text())
-    return (estimates.get("slope") or estimates["mean"])["point_estimate"]
+    typical = estimates.get("slope") or estimates["mean"]
+    interval = typical["confidence_interval"]
+    width = (interval["upper_bound"] - interval["lower_bound"]) / typical["point_estimate"]
+    return typical["point_estimate"], width
+
+
+def typical(group, name):
+    found = estimate(group, name)
+    return None if found is None else found[0]
+
+
+# A 95 % interval wider than this means the machine was busy during that measurement.
+NOISY = 0.05
+
+
+def flag(*found):
+    return "  noisy" if any(f[1] > NOISY for f in found) else ""
 
 
 rows = [
@@ -36,21 +53,27 @@ rows = [
     ("request", "layer_unsampled", "bb8_get_owned_by_hand", "request, trace unsampled"),
     ("request", "by_hand_plus_extension_and_metrics", "bb8_get_owned_by_hand",
      "  floor: by hand + extension + records"),
+    ("request", "layer_unsampled", "by_hand_plus_extension_and_metrics", "  layer over that floor"),
     ("request", "layer_eager_unsampled", "bb8_get_owned_by_hand", "  eager mode"),
     ("request", "layer_unsampled_no_metrics", "bb8_get_owned_by_hand", "  no metrics"),
 ]
 
 print()
-print(f"{'benchmark':36} {'baseline':>11} {'ours':>11} {'ratio':>7}")
+print(f"{'benchmark':38} {'baseline':>11} {'ours':>11} {'ratio':>7}")
 for group, measured, baseline, label in rows:
-    ours, base = typical(group, measured), typical(group, baseline)
+    ours, base = estimate(group, measured), estimate(group, baseline)
     if ours is None or base is None:
         continue
-    print(f"{label:36} {base:9.1f}ns {ours:9.1f}ns {ours / base:6.2f}x")
+    ratio = ours[0] / base[0]
+    print(f"{label:38} {base[0]:9.1f}ns {ours[0]:9.1f}ns {ratio:6.2f}x{flag(ours, base)}")
 
-sampled = typical("request", "layer_sampled")
-unsampled = typical("request", "layer_unsampled")
+sampled = estimate("request", "layer_sampled")
+unsampled = estimate("request", "layer_unsampled")
 if sampled is not None and unsampled is not None:
-    extra = (sampled - unsampled) / 1000
-    print(f"{'request, trace sampled':36} {unsampled:9.1f}ns {sampled:9.1f}ns {extra:+5.2f}us")
+    extra = (sampled[0] - unsampled[0]) / 1000
+    print(
+        f"{'request, trace sampled':38} {unsampled[0]:9.1f}ns {sampled[0]:9.1f}ns "
+        f"{extra:+5.2f}us{flag(sampled, unsampled)}"
+    )
+print(f"(noisy: a 95 % confidence interval wider than {NOISY:.0%} of its estimate; run again)")
 PY
