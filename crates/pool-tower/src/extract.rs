@@ -138,6 +138,14 @@ impl<M: ManageConnection> Slot<M> {
 /// A `conn()` counted as waiting; uncounted when it wakes or is abandoned.
 struct Waiter<'a, M: ManageConnection>(&'a Slot<M>);
 
+impl<'a, M: ManageConnection> Waiter<'a, M> {
+    /// Counts a waiter; call with the state lock held.
+    fn count(slot: &'a Slot<M>) -> Self {
+        slot.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiter(slot)
+    }
+}
+
 impl<M: ManageConnection> Drop for Waiter<'_, M> {
     fn drop(&mut self) {
         self.0.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -158,7 +166,9 @@ impl<M: ManageConnection> Drop for Claim<'_, M> {
             let wake = slot.has_waiters();
             drop(state);
             if wake {
-                slot.returned.notify_one();
+                // All of them, not one: a waiter whose future is kept but never polled again
+                // would swallow a single wake-up. The others find the slot busy and wait on.
+                slot.returned.notify_waiters();
             }
         }
     }
@@ -189,7 +199,7 @@ impl<M: ManageConnection> Db<M> {
             let slot = &*self.slot;
             loop {
                 let returned = slot.returned.notified();
-                let claimed = {
+                let waiter = {
                     let mut state = slot.state.lock();
                     match std::mem::replace(&mut *state, State::Busy) {
                         State::Held(conn) => {
@@ -198,20 +208,17 @@ impl<M: ManageConnection> Db<M> {
                                 slot,
                             })
                         }
-                        State::Empty => true,
-                        State::Busy => {
-                            // Counted before the lock is let go: whoever changes the state
-                            // next sees it and wakes this call.
-                            slot.waiting.fetch_add(1, Ordering::Relaxed);
-                            false
-                        }
+                        State::Empty => None,
+                        // Counted before the lock is let go: whoever changes the state next
+                        // sees the count and wakes this call.
+                        State::Busy => Some(Waiter::count(slot)),
                         State::Released => {
                             *state = State::Released;
                             return Err(DbError::RequestFinished);
                         }
                     }
                 };
-                if claimed {
+                if waiter.is_none() {
                     let mut claim = Claim(Some(slot));
                     let conn = checkout(&slot.pool, slot.parent(), location).await?;
                     // Checked out: the slot stays `Busy`, lent to the `DbConn`.
@@ -221,8 +228,8 @@ impl<M: ManageConnection> Db<M> {
                         slot,
                     });
                 }
-                let _counted = Waiter(slot);
                 returned.await;
+                drop(waiter);
             }
         }
     }
@@ -359,7 +366,8 @@ impl<M: ManageConnection> Drop for DbConn<'_, M> {
         };
         drop(leftover);
         if wake {
-            self.slot.returned.notify_one();
+            // All of them: see `Claim`'s drop.
+            self.slot.returned.notify_waiters();
         }
     }
 }

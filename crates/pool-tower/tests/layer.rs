@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use common::Mem;
@@ -179,7 +181,11 @@ async fn a_second_conn_on_the_same_request_waits_for_the_first_and_gets_the_same
     tokio::task::yield_now().await;
     assert!(!waiting.is_finished(), "waits while the first is held");
     drop(first);
-    assert_eq!(waiting.await.unwrap(), id, "one connection per request");
+    // Bounded: a missed wake-up fails here instead of hanging the suite.
+    let second = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting conn() is woken when the first is dropped");
+    assert_eq!(second.unwrap(), id, "one connection per request");
     assert_eq!(
         pool.stats().checkouts_direct + pool.stats().checkouts_waited,
         1
@@ -188,6 +194,35 @@ async fn a_second_conn_on_the_same_request_waits_for_the_first_and_gets_the_same
     send.send_response(Response::new(String::new()));
     response.await.unwrap();
     assert_eq!(pool.stats().in_use, 0);
+}
+
+#[tokio::test]
+async fn a_waiter_that_is_woken_but_never_polled_again_does_not_strand_the_next() {
+    let pool = pool();
+    let (mut svc, mut handle) = service(PoolLayer::new(pool.clone()));
+    handle.allow(1);
+    assert!(svc.poll_ready().is_ready());
+    let _response = svc.call(Request::new(()));
+    let (request, _send) = handle.next_request().await.unwrap();
+    let db = request.extensions().get::<Db<Mem>>().unwrap().clone();
+    let first = db.conn().await.unwrap();
+    let id = *first;
+    // Polled by hand, so the order of events is exact: `stale` waits first and is then
+    // abandoned without being dropped (a future kept in a `select!` that moved on).
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut stale = Box::pin(db.conn());
+    let mut next = Box::pin(db.conn());
+    assert!(stale.as_mut().poll(&mut cx).is_pending());
+    assert!(next.as_mut().poll(&mut cx).is_pending());
+    drop(first);
+    match next.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(conn)) => assert_eq!(*conn, id, "the request's connection"),
+        other => panic!(
+            "the second waiter was left waiting: {:?}",
+            other.map(|r| r.map(|_| ()))
+        ),
+    }
+    drop(stale);
 }
 
 #[tokio::test]
