@@ -94,7 +94,7 @@ fn bench(c: &mut Criterion) {
         (bb8, pool, bare_pool)
     });
 
-    // For the breakdown: the hand-written service plus what any layer meeting the spec must
+    // For the breakdown: the hand-written service plus what any layer like this one must
     // also do per request, and nothing else: put a handle into the request's extensions and
     // record the wait and use time histograms (with the pool-name attribute) in the SDK.
     let floor = {
