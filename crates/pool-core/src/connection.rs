@@ -8,7 +8,7 @@
 use std::fmt;
 use std::num::NonZeroU64;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -321,29 +321,19 @@ impl<M: ManageConnection> fmt::Debug for PooledConnection<M> {
 impl<M: ManageConnection> Drop for PooledConnection<M> {
     fn drop(&mut self) {
         // Works on the connection in place; bb8's guard (the field) then puts it back.
-        let conn = &mut *self.conn;
-        let now = conn.meta.shared.clock.now();
-        conn.meta.last_used = now;
+        let meta = &mut *self.conn.meta;
+        let shared = &*meta.shared;
+        let counters = &shared.counters;
+        let now = shared.clock.now();
+        meta.last_used = now;
         let held = now.saturating_since(self.checked_out_at);
         // SQLAlchemy's QueuePool: a connection returned while `base_size` are already idle is
         // overflow and is closed.
-        let overflow = {
-            let counters = &conn.meta.shared.counters;
-            // AcqRel: returns are counted with Release and read with Acquire, so whoever sees
-            // this return also sees its checkout (in use is never undercounted).
-            let returned_before = counters.returns.fetch_add(1, AcqRel);
-            let in_use_before = counters
-                .checkouts
-                .load(Relaxed)
-                .saturating_sub(returned_before);
-            let idle_before = counters.open.load(Relaxed).saturating_sub(in_use_before);
-            idle_before >= u64::from(conn.meta.shared.config.base_size)
-        };
-        if overflow {
-            conn.meta.close.get_or_insert(CloseReason::Overflow);
+        let in_use_before = counters.count_return();
+        let idle_before = counters.open.load(Relaxed).saturating_sub(in_use_before);
+        if idle_before >= u64::from(shared.config.base_size) {
+            meta.close.get_or_insert(CloseReason::Overflow);
         }
-        let shared = &*conn.meta.shared;
-        let counters = &shared.counters;
         if let (Some(id), Some(leaks)) = (self.leak_id, &shared.leaks) {
             let entry = leaks.entries.lock().remove(&id);
             if let Some(entry) = entry.filter(|e| e.reported) {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::{poll_fn, Future};
 use std::panic::Location;
 use std::pin::{pin, Pin};
-use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -301,9 +301,7 @@ impl<M: ManageConnection> Pool<M> {
     ) -> PooledConnection<M> {
         let shared = &self.inner.shared;
         let counters = &shared.counters;
-        // Returns read first (Acquire, see `Counters::in_use`), then this checkout counted.
-        let returned = counters.returns.load(Acquire);
-        let in_use = (counters.checkouts.fetch_add(1, Relaxed) + 1).saturating_sub(returned);
+        let in_use = counters.count_checkout();
         if !direct {
             counters.checkouts_waited.fetch_add(1, Relaxed);
             counters.record_wait(waited);

@@ -1,6 +1,8 @@
 //! One consistent snapshot of everything the pool knows about itself.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Acquire, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+};
 use std::time::Duration;
 
 use crate::breaker::BreakerState;
@@ -202,10 +204,23 @@ pub(crate) struct Counters {
 impl Counters {
     /// Connections checked out and not yet returned: exact at rest; while checkouts and
     /// returns race it may count one that is just being returned, never one too few.
+    ///
+    /// Returns are counted with Release and always read with Acquire, first: whoever sees a
+    /// return then sees its checkout too.
     pub(crate) fn in_use(&self) -> u64 {
-        // `returns` first, with Acquire (returns are counted with Release): every checkout
-        // whose return is seen is then seen too.
         let returns = self.returns.load(Acquire);
+        self.checkouts.load(Relaxed).saturating_sub(returns)
+    }
+
+    /// Counts a checkout; in use, this one included.
+    pub(crate) fn count_checkout(&self) -> u64 {
+        let returns = self.returns.load(Acquire);
+        (self.checkouts.fetch_add(1, Relaxed) + 1).saturating_sub(returns)
+    }
+
+    /// Counts a return; in use before it, this one included.
+    pub(crate) fn count_return(&self) -> u64 {
+        let returns = self.returns.fetch_add(1, AcqRel);
         self.checkouts.load(Relaxed).saturating_sub(returns)
     }
 
