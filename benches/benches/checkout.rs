@@ -7,30 +7,11 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use pool_core::{ManageConnection, Pool, PoolEvent, PoolObserver};
-
-#[derive(Debug, Clone, Copy)]
-struct Unit;
-
-impl ManageConnection for Unit {
-    type Connection = u64;
-    type Error = std::convert::Infallible;
-
-    async fn connect(&self) -> Result<u64, Self::Error> {
-        Ok(0)
-    }
-
-    async fn is_valid(&self, _: &mut u64) -> Result<(), Self::Error> {
-        Ok(())
-    }
-
-    fn has_broken(&self, _: &mut u64) -> bool {
-        false
-    }
-}
+use pool_benches::{bb8_pool, criterion, pool, runtime, Unit, CONNECTIONS};
+use pool_core::{PoolEvent, PoolObserver};
 
 #[derive(Debug)]
 struct Noop;
@@ -41,28 +22,16 @@ impl PoolObserver for Noop {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 const TASKS: u64 = 64;
 const PER_TASK: u64 = 1000;
 
 fn bench(c: &mut Criterion) {
-    assert!(
-        !pool_core::uses_test_clock(),
-        "pool-core was built with its test-util feature; run the benchmarks with -p pool-benches"
-    );
     let rt = runtime();
-    let bb8 = rt.block_on(async { bb8::Pool::builder().max_size(16).build(Unit).await.unwrap() });
+    let bb8 = rt.block_on(bb8_pool());
     // For the breakdown: bb8 as pool-core configures it (no checkout test, no bb8 lifetime).
     let bb8_lean = rt.block_on(async {
         bb8::Pool::builder()
-            .max_size(16)
+            .max_size(CONNECTIONS)
             .max_lifetime(None)
             .idle_timeout(None)
             .test_on_check_out(false)
@@ -70,28 +39,8 @@ fn bench(c: &mut Criterion) {
             .await
             .unwrap()
     });
-    let core = rt.block_on(async {
-        let pool = Pool::builder()
-            .base_size(16)
-            .max_overflow(0)
-            .health_interval(Duration::from_secs(3600))
-            .observer(Arc::new(Noop))
-            .build(Unit)
-            .unwrap();
-        pool.warm_up().await.unwrap();
-        pool
-    });
-
-    let plain = rt.block_on(async {
-        let pool = Pool::builder()
-            .base_size(16)
-            .max_overflow(0)
-            .health_interval(Duration::from_secs(3600))
-            .build(Unit)
-            .unwrap();
-        pool.warm_up().await.unwrap();
-        pool
-    });
+    let core = rt.block_on(pool(Some(Arc::new(Noop))));
+    let plain = rt.block_on(pool(None));
 
     // One task: checkout, touch, return, `iters` times, inside a spawned task.
     macro_rules! seq {
@@ -164,9 +113,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
+    config = criterion();
     targets = bench
 }
 criterion_main!(benches);

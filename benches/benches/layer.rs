@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
@@ -16,29 +16,9 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
-use pool_core::{ManageConnection, Pool};
+use pool_benches::{bb8_pool, criterion, pool, runtime, Unit};
 use pool_tower::{Db, PoolLayer, PoolTelemetry};
 use tower::{service_fn, Layer, ServiceExt};
-
-#[derive(Debug, Clone, Copy)]
-struct Unit;
-
-impl ManageConnection for Unit {
-    type Connection = u64;
-    type Error = Infallible;
-
-    async fn connect(&self) -> Result<u64, Infallible> {
-        Ok(0)
-    }
-
-    async fn is_valid(&self, _: &mut u64) -> Result<(), Infallible> {
-        Ok(())
-    }
-
-    fn has_broken(&self, _: &mut u64) -> bool {
-        false
-    }
-}
 
 /// Drops every span: the cost measured is making them, not storing them.
 #[derive(Debug)]
@@ -52,15 +32,7 @@ impl SpanExporter for DropSpans {
 }
 
 fn bench(c: &mut Criterion) {
-    assert!(
-        !pool_core::uses_test_clock(),
-        "pool-core was built with its test-util feature; run the benchmarks with -p pool-benches"
-    );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let meters = SdkMeterProvider::builder()
         .with_reader(PeriodicReader::builder(InMemoryMetricExporter::default()).build())
         .build();
@@ -70,35 +42,17 @@ fn bench(c: &mut Criterion) {
     global::set_tracer_provider(tracers.clone());
     global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let mut bb8_floor_pool = None;
-    let (bb8, pool, bare_pool) = rt.block_on(async {
-        let bb8 = bb8::Pool::builder().max_size(16).build(Unit).await.unwrap();
-        bb8_floor_pool = Some(bb8.clone());
-        let telemetry = PoolTelemetry::new(&meters.meter("bench"));
-        let pool = Pool::builder()
-            .base_size(16)
-            .max_overflow(0)
-            .health_interval(Duration::from_secs(3600))
-            .observer(telemetry.observer())
-            .build(Unit)
-            .unwrap();
-        pool.warm_up().await.unwrap();
-        telemetry.observe(&pool);
-        let bare_pool = Pool::builder()
-            .base_size(16)
-            .max_overflow(0)
-            .health_interval(Duration::from_secs(3600))
-            .build(Unit)
-            .unwrap();
-        bare_pool.warm_up().await.unwrap();
-        (bb8, pool, bare_pool)
-    });
+    let bb8 = rt.block_on(bb8_pool());
+    let telemetry = PoolTelemetry::new(&meters.meter("bench"));
+    let observed = rt.block_on(pool(Some(telemetry.observer())));
+    telemetry.observe(&observed);
+    let bare_pool = rt.block_on(pool(None));
 
     // For the breakdown: the hand-written service plus what any layer like this one must
     // also do per request, and nothing else: put a handle into the request's extensions and
     // record the wait and use time histograms (with the pool-name attribute) in the SDK.
     let floor = {
-        let pool = bb8_floor_pool.take().unwrap();
+        let pool = bb8.clone();
         let meter = meters.meter("bench-floor");
         let wait = meter.f64_histogram("floor.wait_time").build();
         let used = meter.f64_histogram("floor.use_time").build();
@@ -140,8 +94,8 @@ fn bench(c: &mut Criterion) {
         service_fn(
             |_req: Request<()>| async move { Ok::<_, Infallible>(Response::new(String::new())) },
         );
-    let eager = PoolLayer::new(pool.clone()).eager().layer(trivial);
-    let layered = PoolLayer::new(pool).layer(handler);
+    let eager = PoolLayer::new(observed.clone()).eager().layer(trivial);
+    let layered = PoolLayer::new(observed).layer(handler);
     // The same without the telemetry observer: how much of the cost is the SDK's recording.
     let layered_no_metrics = PoolLayer::new(bare_pool).layer(handler);
     let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -188,9 +142,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
+    config = criterion();
     targets = bench
 }
 criterion_main!(benches);
