@@ -13,9 +13,10 @@ cargo bench -p pool-benches --bench checkout --bench layer -- "$@"
 
 python3 - <<'PY'
 import json
+import os
 import pathlib
 
-root = pathlib.Path("target/criterion")
+root = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", "target")) / "criterion"
 
 
 def estimate(group, name):
@@ -29,11 +30,6 @@ def estimate(group, name):
     interval = typical["confidence_interval"]
     width = (interval["upper_bound"] - interval["lower_bound"]) / typical["point_estimate"]
     return typical["point_estimate"], width
-
-
-def typical(group, name):
-    found = estimate(group, name)
-    return None if found is None else found[0]
 
 
 # A 95 % interval wider than this means the machine was busy during that measurement.
