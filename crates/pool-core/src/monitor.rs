@@ -48,8 +48,13 @@ pub(crate) fn spawn<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
 async fn tick<M: ManageConnection>(pool: &PoolInner<M>) {
     let shared = &pool.shared;
     shared.counters.roll_wait_window();
-    let now = shared.clock.now();
-    pool.walk_idle(|conn| conn.meta.retire_reason(now));
+    // Putting a connection back restarts bb8's idle timer, so with an idle timeout the walk
+    // is left to bb8's reaper, which then closes an expired idle connection within that
+    // timeout (it is shorter than the lifetime).
+    if shared.config.max_lifetime.is_some() && shared.config.idle_timeout.is_none() {
+        let now = shared.clock.now();
+        pool.walk_idle(|conn| conn.meta.retire_reason(now));
+    }
     let state = pool.bb8.state();
     let in_use = state.connections - state.idle_connections;
     let utilization = f64::from(in_use) / f64::from(shared.config.max_size().max(1));
