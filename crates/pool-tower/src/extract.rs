@@ -92,23 +92,27 @@ impl<M: ManageConnection> Slot<M> {
     /// Returns the connection to the pool. If it is lent out (a leaked handle still using
     /// it), the `DbConn` returns it when dropped. Only the first call does anything.
     pub(crate) fn release(&self) {
-        let (previous, wake) = {
-            let mut state = self.state.lock();
-            if matches!(*state, State::Released) {
-                return;
-            }
-            let previous = std::mem::replace(&mut *state, State::Released);
-            (previous, self.has_waiters())
-        };
-        drop(previous);
-        if wake {
-            self.returned.notify_waiters();
-        }
+        self.change(|state| {
+            (!matches!(*state, State::Released)).then(|| std::mem::replace(state, State::Released))
+        });
     }
 
-    /// Whether a `conn()` waits for the state to change; read under the state lock.
-    fn has_waiters(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed) > 0
+    /// Changes the state under the lock, then wakes the `conn()` calls waiting for it, if any.
+    /// `change` returns what the old state let go (dropped after the lock: a connection going
+    /// back runs the pool's bookkeeping), or `None` if it changed nothing.
+    fn change<T>(&self, change: impl FnOnce(&mut State<M>) -> Option<T>) {
+        let (released, wake) = {
+            let mut state = self.state.lock();
+            let released = change(&mut state);
+            let wake = released.is_some() && self.waiting.load(Ordering::Relaxed) > 0;
+            (released, wake)
+        };
+        drop(released);
+        if wake {
+            // All of them, not one: a waiter whose future is kept but never polled again
+            // would swallow a single wake-up. The others find the slot busy and wait on.
+            self.returned.notify_waiters();
+        }
     }
 
     /// Gives back a held connection (the request no longer needs it).
@@ -159,17 +163,12 @@ struct Claim<'a, M: ManageConnection>(Option<&'a Slot<M>>);
 impl<M: ManageConnection> Drop for Claim<'_, M> {
     fn drop(&mut self) {
         if let Some(slot) = self.0 {
-            let mut state = slot.state.lock();
-            if matches!(*state, State::Busy) {
-                *state = State::Empty;
-            }
-            let wake = slot.has_waiters();
-            drop(state);
-            if wake {
-                // All of them, not one: a waiter whose future is kept but never polled again
-                // would swallow a single wake-up. The others find the slot busy and wait on.
-                slot.returned.notify_waiters();
-            }
+            slot.change(|state| {
+                if matches!(*state, State::Busy) {
+                    *state = State::Empty;
+                }
+                Some(())
+            });
         }
     }
 }
@@ -198,8 +197,7 @@ impl<M: ManageConnection> Db<M> {
         async move {
             let slot = &*self.slot;
             loop {
-                let returned = slot.returned.notified();
-                let waiter = {
+                let waiting = {
                     let mut state = slot.state.lock();
                     match std::mem::replace(&mut *state, State::Busy) {
                         State::Held(conn) => {
@@ -209,16 +207,16 @@ impl<M: ManageConnection> Db<M> {
                             })
                         }
                         State::Empty => None,
-                        // Counted before the lock is let go: whoever changes the state next
-                        // sees the count and wakes this call.
-                        State::Busy => Some(Waiter::count(slot)),
+                        // Counted and listening before the lock is let go: whoever changes
+                        // the state next sees the count and wakes this call.
+                        State::Busy => Some((Waiter::count(slot), slot.returned.notified())),
                         State::Released => {
                             *state = State::Released;
                             return Err(DbError::RequestFinished);
                         }
                     }
                 };
-                if waiter.is_none() {
+                let Some((waiter, returned)) = waiting else {
                     let mut claim = Claim(Some(slot));
                     let conn = checkout(&slot.pool, slot.parent(), location).await?;
                     // Checked out: the slot stays `Busy`, lent to the `DbConn`.
@@ -227,7 +225,7 @@ impl<M: ManageConnection> Db<M> {
                         conn: Some(conn),
                         slot,
                     });
-                }
+                };
                 returned.await;
                 drop(waiter);
             }
@@ -353,22 +351,15 @@ impl<M: ManageConnection> DerefMut for DbConn<'_, M> {
 impl<M: ManageConnection> Drop for DbConn<'_, M> {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        let (leftover, wake) = {
-            let mut state = self.slot.state.lock();
-            let leftover = if matches!(*state, State::Released) {
+        self.slot.change(|state| {
+            Some(if matches!(*state, State::Released) {
                 // The response is already out (a leaked handle): back to the pool.
                 Some(conn)
             } else {
                 *state = State::Held(conn);
                 None
-            };
-            (leftover, self.slot.has_waiters())
-        };
-        drop(leftover);
-        if wake {
-            // All of them: see `Claim`'s drop.
-            self.slot.returned.notify_waiters();
-        }
+            })
+        });
     }
 }
 

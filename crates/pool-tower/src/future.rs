@@ -29,7 +29,8 @@ pin_project! {
         Lazy {
             #[pin]
             future: F,
-            slot: ReleaseOnDrop<M>,
+            // Taken (and so released) when the response is ready; dropped midway otherwise.
+            slot: Option<ReleaseOnDrop<M>>,
         },
         // Boxed because it awaits the pool's checkout, whose future type cannot be named.
         Eager {
@@ -43,7 +44,7 @@ impl<F, M: ManageConnection, B, E> ResponseFuture<F, M, B, E> {
         ResponseFuture {
             kind: Kind::Lazy {
                 future,
-                slot: ReleaseOnDrop(slot),
+                slot: Some(ReleaseOnDrop(slot)),
             },
         }
     }
@@ -66,7 +67,7 @@ where
         match self.project().kind.project() {
             KindProj::Lazy { future, slot } => {
                 let output = ready!(future.poll(cx));
-                slot.0.release();
+                drop(slot.take());
                 Poll::Ready(output)
             }
             KindProj::Eager { future } => future.as_mut().poll(cx),
