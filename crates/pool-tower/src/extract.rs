@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use opentelemetry::trace::{Span, Status, Tracer};
 use opentelemetry::{Context, KeyValue};
-use pool_core::{CheckoutError, ManageConnection, Pool, PooledConnection};
+use pool_core::{CheckoutError, CheckoutOutcome, ManageConnection, Pool, PooledConnection};
 use tokio::sync::Notify;
 
 use crate::semconv;
@@ -263,23 +263,23 @@ async fn traced_checkout<M: ManageConnection>(
     parent: &Context,
     location: &'static Location<'static>,
 ) -> Result<PooledConnection<M>, CheckoutError> {
-    let tracer = opentelemetry::global::tracer("pool-tower");
+    let tracer = opentelemetry::global::tracer(semconv::TRACER);
     let mut span = tracer
         .span_builder(semconv::SPAN_CHECKOUT)
         .with_kind(opentelemetry::trace::SpanKind::Internal)
         .with_attributes([
             KeyValue::new(semconv::POOL_NAME, pool.name().to_owned()),
-            KeyValue::new("code.file.path", location.file()),
-            KeyValue::new("code.line.number", i64::from(location.line())),
+            KeyValue::new(semconv::CODE_FILE_PATH, location.file()),
+            KeyValue::new(semconv::CODE_LINE_NUMBER, i64::from(location.line())),
         ])
         .start_with_context(&tracer, parent);
     let result = pool.get_at(location).await;
     let outcome = match &result {
-        Ok(_) => "ok",
-        Err(e) if e.is_circuit_open() => "circuit_open",
-        Err(_) => "timeout",
+        Ok(_) => CheckoutOutcome::Ok,
+        Err(e) if e.is_circuit_open() => CheckoutOutcome::CircuitOpen,
+        Err(_) => CheckoutOutcome::Timeout,
     };
-    span.set_attribute(KeyValue::new(semconv::CHECKOUT_OUTCOME, outcome));
+    span.set_attribute(KeyValue::new(semconv::CHECKOUT_OUTCOME, outcome.as_str()));
     if let Err(e) = &result {
         span.set_status(Status::error(e.to_string()));
     }

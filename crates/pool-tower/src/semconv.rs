@@ -63,6 +63,22 @@ pub const BREAKER_REASON: &str = "db.client.connection.pool.breaker.reason";
 pub const HEALTH_CHECK_RESULT: &str = "db.client.connection.pool.health_check.result";
 /// How a checkout ended: `ok`, `timeout`, `circuit_open`.
 pub const CHECKOUT_OUTCOME: &str = "db.client.connection.pool.checkout.outcome";
+/// Consecutive failures when the breaker changed state (transition spans).
+pub const BREAKER_CONSECUTIVE_FAILURES: &str =
+    "db.client.connection.pool.breaker.consecutive_failures";
+/// How long a suspected leak had been held, in seconds (leak spans).
+pub const LEAK_HELD: &str = "db.client.connection.pool.held";
+/// Idle connections a forced recycle closed at once (forced-recycle spans).
+pub const RECYCLE_IDLE_CLOSED: &str = "db.client.connection.pool.idle_closed";
+/// Checked-out connections a forced recycle will close on return (forced-recycle spans).
+pub const RECYCLE_CHECKED_OUT: &str = "db.client.connection.pool.checked_out";
+/// Where a connection was checked out: the source file (semantic conventions, `code.*`).
+pub const CODE_FILE_PATH: &str = "code.file.path";
+/// Where a connection was checked out: the line (semantic conventions, `code.*`).
+pub const CODE_LINE_NUMBER: &str = "code.line.number";
+
+/// The name of the tracer this crate's spans come from.
+pub const TRACER: &str = "pool-tower";
 
 /// The span around one request's checkout (only for sampled traces).
 pub const SPAN_CHECKOUT: &str = "db.client.connection.pool.checkout";

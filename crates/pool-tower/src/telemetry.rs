@@ -35,7 +35,7 @@ use pool_core::{
 
 use crate::semconv as names;
 
-type StatsSource = Box<dyn Fn() -> Option<PoolStats> + Send + Sync>;
+use crate::StatsSource;
 
 /// Every pool instrument, created once. Cheap to clone.
 #[derive(Clone)]
@@ -116,15 +116,14 @@ impl PoolTelemetry {
                 .with_description(description)
                 .build()
         };
-        let gauge = |name: &'static str, description: &'static str, read: fn(&PoolStats) -> i64| {
+        let gauge = |name: &'static str,
+                     unit: &'static str,
+                     description: &'static str,
+                     read: fn(&PoolStats) -> i64| {
             let pools = pools.clone();
             meter
                 .i64_observable_up_down_counter(name)
-                .with_unit(if name == names::CONNECTION_PENDING_REQUESTS {
-                    "{request}"
-                } else {
-                    "{connection}"
-                })
+                .with_unit(unit)
                 .with_description(description)
                 .with_callback(move |observer| {
                     each_pool(&pools, |name, s| {
@@ -156,16 +155,19 @@ impl PoolTelemetry {
             },
             _max: gauge(
                 names::CONNECTION_MAX,
+                "{connection}",
                 "The maximum number of open connections allowed.",
                 |s| i64::from(s.max_size),
             ),
             _idle_max: gauge(
                 names::CONNECTION_IDLE_MAX,
+                "{connection}",
                 "The maximum number of idle open connections allowed.",
                 |s| i64::from(s.base_size),
             ),
             _idle_min: gauge(
                 names::CONNECTION_IDLE_MIN,
+                "{connection}",
                 "The minimum number of idle open connections allowed.",
                 // The pool keeps `base_size` connections open, not idle: under load all of
                 // them may be in use, so the guaranteed idle minimum is zero.
@@ -173,6 +175,7 @@ impl PoolTelemetry {
             ),
             _pending: gauge(
                 names::CONNECTION_PENDING_REQUESTS,
+                "{request}",
                 "The number of current pending requests for an open connection.",
                 |s| i64::try_from(s.pending).unwrap_or(i64::MAX),
             ),
@@ -273,10 +276,9 @@ impl PoolTelemetry {
     /// Reports `pool`'s gauges (connections by state, max, pending, utilization, breaker
     /// state) from now on, until the pool is dropped.
     pub fn observe<M: ManageConnection>(&self, pool: &Pool<M>) {
-        let weak = pool.downgrade();
         let name = Value::String(StringValue::from(Arc::<str>::from(pool.name())));
         if let Ok(mut pools) = self.inner.pools.lock() {
-            pools.push((name, Box::new(move || weak.upgrade().map(|p| p.stats()))));
+            pools.push((name, crate::stats_source(pool)));
         }
     }
 }
@@ -311,7 +313,7 @@ impl TelemetryObserver {
 }
 
 fn span(name: &'static str, attributes: Vec<KeyValue>) {
-    let tracer = opentelemetry::global::tracer("pool-tower");
+    let tracer = opentelemetry::global::tracer(names::TRACER);
     let mut span = tracer
         .span_builder(name)
         .with_attributes(attributes)
@@ -363,7 +365,7 @@ impl PoolObserver for TelemetryObserver {
                         to,
                         KeyValue::new(names::BREAKER_REASON, t.reason.as_str()),
                         KeyValue::new(
-                            "db.client.connection.pool.breaker.consecutive_failures",
+                            names::BREAKER_CONSECUTIVE_FAILURES,
                             i64::from(t.consecutive_failures),
                         ),
                     ],
@@ -375,9 +377,9 @@ impl PoolObserver for TelemetryObserver {
                     names::SPAN_LEAK,
                     vec![
                         attr.clone(),
-                        KeyValue::new("code.file.path", location.file()),
-                        KeyValue::new("code.line.number", i64::from(location.line())),
-                        KeyValue::new("db.client.connection.pool.held", held.as_secs_f64()),
+                        KeyValue::new(names::CODE_FILE_PATH, location.file()),
+                        KeyValue::new(names::CODE_LINE_NUMBER, i64::from(location.line())),
+                        KeyValue::new(names::LEAK_HELD, held.as_secs_f64()),
                     ],
                 );
             }
@@ -389,11 +391,11 @@ impl PoolObserver for TelemetryObserver {
                 vec![
                     attr.clone(),
                     KeyValue::new(
-                        "db.client.connection.pool.idle_closed",
+                        names::RECYCLE_IDLE_CLOSED,
                         i64::try_from(*idle_closed).unwrap_or(i64::MAX),
                     ),
                     KeyValue::new(
-                        "db.client.connection.pool.checked_out",
+                        names::RECYCLE_CHECKED_OUT,
                         i64::try_from(*checked_out).unwrap_or(i64::MAX),
                     ),
                 ],

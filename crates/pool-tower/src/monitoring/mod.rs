@@ -41,13 +41,11 @@ pub const POOL_PATH: &str = "/monitoring/connection-pool";
 /// The path of the breaker report.
 pub const BREAKERS_PATH: &str = "/monitoring/circuit-breakers";
 
-type StatsSource = Arc<dyn Fn() -> Option<PoolStats> + Send + Sync>;
-
 /// The monitoring API. Build it, then mount [`Monitoring::into_router`] (axum) or use it as a
 /// tower [`Service`] directly.
 #[derive(Clone, Default)]
 pub struct Monitoring {
-    pools: Vec<StatsSource>,
+    pools: Vec<crate::StatsSource>,
     token: Option<Arc<str>>,
 }
 
@@ -92,9 +90,7 @@ impl Monitoring {
     /// Adds a pool to the report. The report holds no strong reference: a dropped pool
     /// disappears from it.
     pub fn pool<M: ManageConnection>(mut self, pool: &Pool<M>) -> Self {
-        let weak = pool.downgrade();
-        self.pools
-            .push(Arc::new(move || weak.upgrade().map(|p| p.stats())));
+        self.pools.push(crate::stats_source(pool));
         self
     }
 
