@@ -156,7 +156,7 @@ impl<M: ManageConnection> PoolBuilder<M> {
         self
     }
 
-    /// Ping on checkout (skipped within 500 ms of last use). Defaults to `true`.
+    /// Ping on checkout (skipped within `validation_bypass` of last use). Defaults to `true`.
     pub fn pre_ping(mut self, on: bool) -> Self {
         self.config.pre_ping = on;
         self
@@ -282,17 +282,16 @@ impl<M: ManageConnection> PoolBuilder<M> {
             .unwrap_or_else(|| "custom".to_owned());
         let name = config.effective_name();
         let shared = Arc::new(Shared::new(name, backend, config.clone(), self.observers));
-        let manager = Arc::new(manager);
         let managed = Managed {
-            inner: manager.clone(),
+            inner: Arc::new(manager),
             shared: shared.clone(),
             describe: self.describe,
         };
         // bb8 panics on zero sizes and durations; `check` has ruled those out. Lifetimes are
         // enforced with jitter on checkout and return and by the monitor's idle walk, not by
-        // bb8 (whose unjittered check reads the OS clock on every return). Validation runs in our checkout (it already
-        // knows the time), not in bb8's `test_on_check_out`. No `min_idle`: the base is kept
-        // by total count (`top_up`), as SQLAlchemy does.
+        // bb8 (whose unjittered check reads the OS clock on every return). Validation runs in
+        // our checkout (it already knows the time), not in bb8's `test_on_check_out`. No
+        // `min_idle`: the base is kept by total count (`top_up`), as SQLAlchemy does.
         let bb8 = bb8::Pool::builder()
             .max_size(config.max_size())
             .connection_timeout(config.checkout_timeout)
@@ -301,16 +300,15 @@ impl<M: ManageConnection> PoolBuilder<M> {
             .test_on_check_out(false)
             .retry_connection(true)
             .queue_strategy(bb8::QueueStrategy::Fifo)
-            .build_unchecked(managed);
+            .build_unchecked(managed.clone());
         let classify = self
             .classify
             .unwrap_or_else(|| Arc::new(|_: &M::Error| true));
         let inner = Arc::new(PoolInner {
             bb8,
             shared: shared.clone(),
-            manager,
+            managed,
             classify,
-            describe: self.describe,
         });
         monitor::spawn(&inner);
         let warming = inner.clone();

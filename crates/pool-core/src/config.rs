@@ -115,7 +115,7 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// Period of the monitor task (`DB_POOL_HEALTH_INTERVAL`).
     pub health_interval: Duration,
-    /// Ping a connection before handing it out, unless it was used within the last 500 ms
+    /// Ping a connection before handing it out, unless it was used within `validation_bypass`
     /// (`DB_POOL_PRE_PING`). Defaults to `true`.
     pub pre_ping: bool,
     /// A connection returned this recently is handed out without a ping (HikariCP's

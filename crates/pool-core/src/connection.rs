@@ -1,9 +1,11 @@
 //! The manager the pool wraps around yours, and the connection guard it hands out.
 //!
 //! bb8 has no check-in or check-out hooks; its only callbacks are the manager's `connect`,
-//! `is_valid` (on checkout) and `has_broken` (on return). Wrapping the manager is therefore
-//! how the pool sees every connect and validation outcome (for the circuit breaker), applies
-//! lifetime jitter, forced recycling and overflow closing, and counts every close by reason.
+//! `is_valid` (on checkout, which the pool turns off to validate in its own checkout) and
+//! `has_broken` (on return). Wrapping the manager is therefore how the pool sees every connect
+//! (for the circuit breaker), applies lifetime jitter, forced recycling and overflow closing
+//! on return, and counts every close by reason; the pool's checkout and monitor validate
+//! through the same wrapper.
 
 use std::fmt;
 use std::num::NonZeroU64;
@@ -29,6 +31,16 @@ pub(crate) struct Managed<M: ManageConnection> {
     pub(crate) inner: Arc<M>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) describe: Describe<M::Error>,
+}
+
+impl<M: ManageConnection> Clone for Managed<M> {
+    fn clone(&self) -> Self {
+        Managed {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            describe: self.describe,
+        }
+    }
 }
 
 impl<M: ManageConnection> fmt::Debug for Managed<M> {
@@ -167,43 +179,14 @@ impl<M: ManageConnection> ManageConnection for Managed<M> {
         }
     }
 
-    /// Called by bb8 when a connection comes back. `PooledConnection`'s drop has just stamped
-    /// `last_used`, which therefore serves as "now" (no second clock read on the hot path).
+    /// Called by bb8 when a connection comes back. Through `PooledConnection`'s drop, which
+    /// has just stamped `last_used`, that stamp serves as "now" (no second clock read on the
+    /// hot path); connections the pool takes out itself (the idle walk, the health probe, a
+    /// rejected candidate) come back with an older stamp, which can only delay a lifetime
+    /// close to their next return.
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {
         let now = conn.meta.last_used;
-        retire(&*self.inner, conn, now)
-    }
-}
-
-/// Condemns `conn` (setting its close reason) if it is past its lifetime, from before a
-/// forced recycle, or broken according to the driver; no I/O.
-fn retire<M: ManageConnection>(manager: &M, conn: &mut Tracked<M::Connection>, now: Stamp) -> bool {
-    if let Some(reason) = conn.meta.retire_reason(now) {
-        conn.meta.close = Some(reason);
-        return true;
-    }
-    if manager.has_broken(&mut conn.conn) {
-        conn.meta.close = Some(CloseReason::Broken);
-        return true;
-    }
-    false
-}
-
-/// Lifetime, forced recycling, driver-reported breakage and the bypass window; no I/O. A free
-/// function so the checkout fast path needs no `Managed` (no reference-count traffic).
-pub(crate) fn verdict<M: ManageConnection>(
-    manager: &M,
-    conn: &mut Tracked<M::Connection>,
-    now: Stamp,
-) -> Verdict {
-    if retire(manager, conn, now) {
-        return Verdict::Retired;
-    }
-    let config = &conn.meta.shared.config;
-    if !config.pre_ping || now.saturating_since(conn.meta.last_used) < config.validation_bypass {
-        Verdict::Valid
-    } else {
-        Verdict::Ping
+        self.retire(conn, now)
     }
 }
 
@@ -218,10 +201,38 @@ pub(crate) enum Verdict {
 }
 
 impl<M: ManageConnection> Managed<M> {
+    /// Condemns `conn` (setting its close reason) if it is past its lifetime, from before a
+    /// forced recycle, or broken according to the driver; no I/O.
+    fn retire(&self, conn: &mut Tracked<M::Connection>, now: Stamp) -> bool {
+        if let Some(reason) = conn.meta.retire_reason(now) {
+            conn.meta.close = Some(reason);
+            return true;
+        }
+        if self.inner.has_broken(&mut conn.conn) {
+            conn.meta.close = Some(CloseReason::Broken);
+            return true;
+        }
+        false
+    }
+
+    /// Lifetime, forced recycling, driver-reported breakage and the bypass window; no I/O.
+    pub(crate) fn verdict(&self, conn: &mut Tracked<M::Connection>, now: Stamp) -> Verdict {
+        if self.retire(conn, now) {
+            return Verdict::Retired;
+        }
+        let config = &conn.meta.shared.config;
+        if !config.pre_ping || now.saturating_since(conn.meta.last_used) < config.validation_bypass
+        {
+            Verdict::Valid
+        } else {
+            Verdict::Ping
+        }
+    }
+
     /// The full checkout validation; `false` means the connection was condemned (its reason
     /// is set) and the caller should drop it and try another.
     pub(crate) async fn validate(&self, conn: &mut Tracked<M::Connection>, now: Stamp) -> bool {
-        match verdict(&*self.inner, conn, now) {
+        match self.verdict(conn, now) {
             Verdict::Valid => true,
             Verdict::Retired => false,
             Verdict::Ping => self.ping(conn).await,

@@ -81,7 +81,7 @@ async fn probe<M: ManageConnection>(pool: &PoolInner<M>) {
     let Ok(Ok(mut conn)) = tokio::time::timeout(limit, pool.bb8.get()).await else {
         return;
     };
-    let ok = match tokio::time::timeout(limit, pool.managed().ping(&mut conn)).await {
+    let ok = match tokio::time::timeout(limit, pool.managed.ping(&mut conn)).await {
         Ok(ok) => ok,
         Err(_) => {
             shared.set_last_error(&format!(

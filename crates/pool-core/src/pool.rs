@@ -47,9 +47,9 @@ pub struct Pool<M: ManageConnection> {
 pub(crate) struct PoolInner<M: ManageConnection> {
     pub(crate) bb8: bb8::Pool<Managed<M>>,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) manager: Arc<M>,
+    /// The manager bb8 holds, the same one (validation, pings and top-ups go through it).
+    pub(crate) managed: Managed<M>,
     pub(crate) classify: Classify<M::Error>,
-    pub(crate) describe: fn(&M::Error) -> String,
 }
 
 impl<M: ManageConnection> PoolInner<M> {
@@ -76,14 +76,6 @@ impl<M: ManageConnection> PoolInner<M> {
         }
     }
 
-    pub(crate) fn managed(&self) -> Managed<M> {
-        Managed {
-            inner: self.manager.clone(),
-            shared: self.shared.clone(),
-            describe: self.describe,
-        }
-    }
-
     /// Opens connections until `base_size` are open (SQLAlchemy keeps its base the same way:
     /// by total, not by idle count; bb8's `min_idle` would keep `base_size` idle *beyond* the
     /// ones in use, and every return would then close one as overflow).
@@ -98,7 +90,7 @@ impl<M: ManageConnection> PoolInner<M> {
             .saturating_sub(self.bb8.state().connections);
         let mut connects = tokio::task::JoinSet::new();
         for _ in 0..missing {
-            let managed = self.managed();
+            let managed = self.managed.clone();
             connects.spawn(async move { managed.connect().await });
         }
         let mut first_error = None;
@@ -271,7 +263,7 @@ impl<M: ManageConnection> Pool<M> {
                 Poll::Pending => Poll::Ready(None),
             });
             if let Some(Ok(mut conn)) = first.await {
-                match crate::connection::verdict(&*self.inner.manager, &mut conn, start) {
+                match self.inner.managed.verdict(&mut conn, start) {
                     Verdict::Valid => {
                         return Ok(self.hand_out(conn, start, Duration::ZERO, true, location))
                     }
@@ -334,7 +326,7 @@ impl<M: ManageConnection> Pool<M> {
         {
             counters.exhaustion_episodes.fetch_add(1, Relaxed);
         }
-        let managed = self.inner.managed();
+        let managed = &self.inner.managed;
         let deadline = tokio::time::Instant::now()
             + shared
                 .config
@@ -487,7 +479,7 @@ impl<M: ManageConnection> Pool<M> {
     pub fn report_error(&self, conn: &mut PooledConnection<M>, error: &M::Error) -> bool {
         let counts = (self.inner.classify)(error);
         if counts {
-            conn.report_connection_failure(&(self.inner.describe)(error));
+            conn.report_connection_failure(&(self.inner.managed.describe)(error));
         }
         counts
     }
