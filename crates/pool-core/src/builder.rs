@@ -311,8 +311,7 @@ impl<M: ManageConnection> PoolBuilder<M> {
             classify,
         });
         monitor::spawn(&inner);
-        let warming = inner.clone();
-        tokio::spawn(async move { warming.top_up().await });
+        inner.spawn_top_up();
         shared
             .monitor_status
             .store(MonitorStatus::Running as u8, Relaxed);

@@ -247,13 +247,21 @@ impl<M: ManageConnection> Managed<M> {
                 true
             }
             Err(e) => {
-                conn.meta.close = Some(CloseReason::Invalid);
-                let text = self.shared.set_last_error(&(self.describe)(&e));
+                let text = self.condemn_invalid(conn, &(self.describe)(&e));
                 tracing::debug!(pool = %self.shared.name, error = %text, "pre-ping failed; connection replaced");
-                self.shared.record_validation_failure();
                 false
             }
         }
+    }
+
+    /// A validation failed (`text` says how): the connection is closed on return, the text
+    /// (passwords hidden) becomes the last error, and the breaker hears of it. Returns the
+    /// stored text.
+    pub(crate) fn condemn_invalid(&self, conn: &mut Tracked<M::Connection>, text: &str) -> String {
+        conn.meta.close = Some(CloseReason::Invalid);
+        let text = self.shared.set_last_error(text);
+        self.shared.record_validation_failure();
+        text
     }
 }
 

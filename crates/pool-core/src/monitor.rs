@@ -9,7 +9,7 @@ use std::time::Duration;
 use bb8::ManageConnection;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
-use crate::observer::{CloseReason, PoolEvent};
+use crate::observer::PoolEvent;
 use crate::pool::PoolInner;
 use crate::shared::Shared;
 
@@ -84,12 +84,8 @@ async fn probe<M: ManageConnection>(pool: &PoolInner<M>) {
     let ok = match tokio::time::timeout(limit, pool.managed.ping(&mut conn)).await {
         Ok(ok) => ok,
         Err(_) => {
-            shared.set_last_error(&format!(
-                "health probe timed out after {}ms",
-                limit.as_millis()
-            ));
-            conn.meta.close = Some(CloseReason::Invalid);
-            shared.record_validation_failure();
+            let text = format!("health probe timed out after {}ms", limit.as_millis());
+            pool.managed.condemn_invalid(&mut conn, &text);
             false
         }
     };

@@ -76,6 +76,12 @@ impl<M: ManageConnection> PoolInner<M> {
         }
     }
 
+    /// [`PoolInner::top_up`] in the background.
+    pub(crate) fn spawn_top_up(self: &Arc<Self>) {
+        let inner = self.clone();
+        tokio::spawn(async move { inner.top_up().await });
+    }
+
     /// Opens connections until `base_size` are open (SQLAlchemy keeps its base the same way:
     /// by total, not by idle count; bb8's `min_idle` would keep `base_size` idle *beyond* the
     /// ones in use, and every return would then close one as overflow).
@@ -509,8 +515,7 @@ impl<M: ManageConnection> Pool<M> {
             idle_closed,
             checked_out,
         });
-        let inner = self.inner.clone();
-        tokio::spawn(async move { inner.top_up().await });
+        self.inner.spawn_top_up();
         RecycleReport {
             idle_closed,
             checked_out,
