@@ -34,6 +34,30 @@ fn service(layer: PoolLayer<Mem>) -> (Svc, MockHandle) {
     (mock::Spawn::new(layer.layer(inner)), handle)
 }
 
+type Pending = <pool_tower::PoolService<Mock, Mem, pool_tower::JsonRejection> as tower::Service<
+    Request<()>,
+>>::Future;
+
+/// One request in flight through a lazy layer over `pool`: the service and the mock's handle
+/// (kept alive for the test), the response future, the request as the inner service received
+/// it, and the inner service's reply channel.
+async fn in_flight(
+    pool: &Pool<Mem>,
+) -> (
+    Svc,
+    MockHandle,
+    Pending,
+    Request<()>,
+    mock::SendResponse<Response<String>>,
+) {
+    let (mut svc, mut handle) = service(PoolLayer::new(pool.clone()));
+    handle.allow(1);
+    assert!(svc.poll_ready().is_ready());
+    let response = svc.call(Request::new(()));
+    let (request, send) = handle.next_request().await.unwrap();
+    (svc, handle, response, request, send)
+}
+
 #[tokio::test]
 async fn poll_ready_delegates_to_the_inner_service() {
     let (mut svc, mut handle) = service(PoolLayer::new(pool()));
@@ -47,11 +71,7 @@ async fn poll_ready_delegates_to_the_inner_service() {
 async fn a_route_that_never_touches_the_database_holds_nothing() {
     let pool = pool();
     pool.warm_up().await.unwrap();
-    let (mut svc, mut handle) = service(PoolLayer::new(pool.clone()));
-    handle.allow(1);
-    assert!(svc.poll_ready().is_ready());
-    let response = svc.call(Request::new(()));
-    let (request, send) = handle.next_request().await.unwrap();
+    let (_svc, _handle, response, request, send) = in_flight(&pool).await;
     assert!(
         request.extensions().get::<Db<Mem>>().is_some(),
         "the handle is in the extensions"
@@ -66,11 +86,7 @@ async fn a_route_that_never_touches_the_database_holds_nothing() {
 #[tokio::test]
 async fn the_connection_is_back_when_the_response_completes_despite_a_kept_clone() {
     let pool = pool();
-    let (mut svc, mut handle) = service(PoolLayer::new(pool.clone()));
-    handle.allow(1);
-    assert!(svc.poll_ready().is_ready());
-    let response = svc.call(Request::new(()));
-    let (request, send) = handle.next_request().await.unwrap();
+    let (_svc, _handle, response, request, send) = in_flight(&pool).await;
     let kept = request.extensions().get::<Db<Mem>>().unwrap().clone();
     {
         let conn = kept.conn().await.unwrap();
@@ -96,11 +112,7 @@ async fn the_connection_is_back_when_the_response_completes_despite_a_kept_clone
 #[tokio::test]
 async fn dropping_the_last_handle_returns_the_connection_before_the_response() {
     let pool = pool();
-    let (mut svc, mut handle) = service(PoolLayer::new(pool.clone()));
-    handle.allow(1);
-    assert!(svc.poll_ready().is_ready());
-    let response = svc.call(Request::new(()));
-    let (mut request, send) = handle.next_request().await.unwrap();
+    let (_svc, _handle, response, mut request, send) = in_flight(&pool).await;
     let db = request.extensions_mut().remove::<Db<Mem>>().unwrap();
     drop(db.conn().await.unwrap());
     assert_eq!(pool.stats().in_use, 1);
@@ -168,11 +180,7 @@ async fn the_rejection_is_replaceable() {
 #[tokio::test]
 async fn a_second_conn_on_the_same_request_waits_for_the_first_and_gets_the_same_connection() {
     let pool = pool();
-    let (mut svc, mut handle) = service(PoolLayer::new(pool.clone()));
-    handle.allow(1);
-    assert!(svc.poll_ready().is_ready());
-    let response = svc.call(Request::new(()));
-    let (request, send) = handle.next_request().await.unwrap();
+    let (_svc, _handle, response, request, send) = in_flight(&pool).await;
     let db = request.extensions().get::<Db<Mem>>().unwrap().clone();
     let other = db.clone();
     let first = db.conn().await.unwrap();
@@ -199,11 +207,7 @@ async fn a_second_conn_on_the_same_request_waits_for_the_first_and_gets_the_same
 #[tokio::test]
 async fn a_waiter_that_is_woken_but_never_polled_again_does_not_strand_the_next() {
     let pool = pool();
-    let (mut svc, mut handle) = service(PoolLayer::new(pool.clone()));
-    handle.allow(1);
-    assert!(svc.poll_ready().is_ready());
-    let _response = svc.call(Request::new(()));
-    let (request, _send) = handle.next_request().await.unwrap();
+    let (_svc, _handle, _response, request, _send) = in_flight(&pool).await;
     let db = request.extensions().get::<Db<Mem>>().unwrap().clone();
     let first = db.conn().await.unwrap();
     let id = *first;
@@ -228,11 +232,7 @@ async fn a_waiter_that_is_woken_but_never_polled_again_does_not_strand_the_next(
 #[tokio::test]
 async fn a_conn_waiting_when_the_response_completes_is_told_the_request_finished() {
     let pool = pool();
-    let (mut svc, mut handle) = service(PoolLayer::new(pool.clone()));
-    handle.allow(1);
-    assert!(svc.poll_ready().is_ready());
-    let response = svc.call(Request::new(()));
-    let (request, send) = handle.next_request().await.unwrap();
+    let (_svc, _handle, response, request, send) = in_flight(&pool).await;
     let db = request.extensions().get::<Db<Mem>>().unwrap().clone();
     let other = db.clone();
     let first = db.conn().await.unwrap();
@@ -260,11 +260,7 @@ async fn a_conn_waiting_when_the_response_completes_is_told_the_request_finished
 async fn an_abandoned_checkout_lets_the_next_conn_try_again() {
     let pool = pool();
     let _held = pool.get().await.unwrap(); // the only connection: checkouts wait
-    let (mut svc, mut handle) = service(PoolLayer::new(pool.clone()));
-    handle.allow(1);
-    assert!(svc.poll_ready().is_ready());
-    let _response = svc.call(Request::new(()));
-    let (request, _send) = handle.next_request().await.unwrap();
+    let (_svc, _handle, _response, request, _send) = in_flight(&pool).await;
     let db = request.extensions().get::<Db<Mem>>().unwrap().clone();
     // Give up on a checkout midway (a client that hung up, a select! that moved on).
     let abandoned = tokio::time::timeout(Duration::from_millis(10), db.conn()).await;
