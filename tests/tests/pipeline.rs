@@ -82,14 +82,10 @@ impl Drop for Server {
     }
 }
 
-async fn http(addr: &str, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
+/// One HTTP/1.1 request; the status and the body (de-chunked when the response is chunked).
+async fn http(addr: &str, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    let body = if method == "POST" {
-        r#"{"title":"e2e","body":"note"}"#
-    } else {
-        ""
-    };
     if !body.is_empty() {
         req.push_str("Content-Type: application/json\r\n");
     }
@@ -108,10 +104,17 @@ async fn http(addr: &str, method: &str, path: &str, headers: &[&str]) -> (u16, S
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let chunked = head.lines().any(|line| {
+        line.split_once(':').is_some_and(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")
+        })
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
     (status, body)
 }
 
@@ -128,8 +131,7 @@ fn encode(q: &str) -> String {
 
 /// A Prometheus API call; the body's `data`.
 async fn prom(api: &str) -> Value {
-    let (status, body) = http("127.0.0.1:19090", "GET", api, &[]).await;
-    let body = dechunk(&body);
+    let (status, body) = http("127.0.0.1:19090", "GET", api, &[], "").await;
     assert_eq!(status, 200, "{api}: {body}");
     let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(v["status"], "success", "{api}: {body}");
@@ -137,9 +139,6 @@ async fn prom(api: &str) -> Value {
 }
 
 fn dechunk(body: &str) -> String {
-    if !body.starts_with(|c: char| c.is_ascii_hexdigit()) || body.trim_start().starts_with('{') {
-        return body.to_owned();
-    }
     let mut out = String::new();
     let mut rest = body;
     while let Some((size, tail)) = rest.split_once("\r\n") {
@@ -289,14 +288,25 @@ async fn telemetry_pipeline() {
 
     // Known requests.
     for _ in 0..10 {
-        assert_eq!(http(&addr, "POST", "/notes", &[]).await.0, 201);
-        assert_eq!(http(&addr, "GET", "/notes", &[]).await.0, 200);
+        assert_eq!(
+            http(
+                &addr,
+                "POST",
+                "/notes",
+                &[],
+                r#"{"title":"e2e","body":"note"}"#
+            )
+            .await
+            .0,
+            201
+        );
+        assert_eq!(http(&addr, "GET", "/notes", &[], "").await.0, 200);
     }
     // Exactly two checkout timeouts: three slow requests hold all three connections.
     let slow: Vec<_> = (0..3)
         .map(|_| {
             let addr = addr.clone();
-            tokio::spawn(async move { http(&addr, "GET", "/slow?ms=2500", &[]).await.0 })
+            tokio::spawn(async move { http(&addr, "GET", "/slow?ms=2500", &[], "").await.0 })
         })
         .collect();
     let auth = "Authorization: Bearer e2e-token";
@@ -304,14 +314,14 @@ async fn telemetry_pipeline() {
         Duration::from_secs(10),
         "three connections in use",
         || async {
-            let (_, body) = http(&addr, "GET", "/monitoring/connection-pool", &[auth]).await;
-            let v: Value = serde_json::from_str(&dechunk(&body)).ok()?;
+            let (_, body) = http(&addr, "GET", "/monitoring/connection-pool", &[auth], "").await;
+            let v: Value = serde_json::from_str(&body).ok()?;
             (v["pools"][0]["stats"]["in_use"] == 3).then_some(())
         },
     )
     .await;
     for _ in 0..2 {
-        let (status, body) = http(&addr, "GET", "/notes", &[]).await;
+        let (status, body) = http(&addr, "GET", "/notes", &[], "").await;
         assert_eq!(status, 503, "{body}");
         assert!(
             body.contains("no database connection became available"),
@@ -326,19 +336,19 @@ async fn telemetry_pipeline() {
     // Its recovery timeout (6 s) outlasts a scrape interval (5 s), so Prometheus sees it open.
     pg("crash", pg_port);
     eventually(Duration::from_secs(30), "the breaker to open", || async {
-        let (status, body) = http(&addr, "GET", "/notes", &[]).await;
+        let (status, body) = http(&addr, "GET", "/notes", &[], "").await;
         (status == 503 && body.contains("the database is unavailable")).then_some(())
     })
     .await;
     pg("restart", pg_port);
     eventually(Duration::from_secs(30), "the breaker to close", || async {
-        (http(&addr, "GET", "/notes", &[]).await.0 == 200).then_some(())
+        (http(&addr, "GET", "/notes", &[], "").await.0 == 200).then_some(())
     })
     .await;
 
     // The pool's own account, at rest.
-    let (_, body) = http(&addr, "GET", "/monitoring/connection-pool", &[auth]).await;
-    let report: Value = serde_json::from_str(&dechunk(&body)).unwrap();
+    let (_, body) = http(&addr, "GET", "/monitoring/connection-pool", &[auth], "").await;
+    let report: Value = serde_json::from_str(&body).unwrap();
     let stats = report["pools"][0]["stats"].clone();
     assert_eq!(stats["checkout_timeouts"], 2);
     assert_eq!(stats["in_use"], 0);

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -63,13 +63,12 @@ async fn the_service_starts_with_no_setup_and_serves_the_documented_routes() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let service = Service(child);
-    // Read the banner (bounded): it names the address and the generated monitoring token.
-    let banner = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut lines = BufReader::new(stdout).lines();
+    // Read the banner: it names the address and the generated monitoring token. Bounded: a
+    // service that hangs before printing it fails the test (and is killed with `service`).
+    let reading = tokio::task::spawn_blocking(move || {
         let mut text = String::new();
-        while Instant::now() < deadline {
-            let Some(Ok(line)) = lines.next() else { break };
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
             text.push_str(&line);
             text.push('\n');
             if line.contains("Ctrl-C") {
@@ -77,9 +76,11 @@ async fn the_service_starts_with_no_setup_and_serves_the_documented_routes() {
             }
         }
         text
-    })
-    .await
-    .unwrap();
+    });
+    let banner = tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .expect("the service printed its banner within 60 s")
+        .unwrap();
     assert!(banner.contains("SQLite (embedded)"), "{banner}");
     let addr = banner
         .split("http://")
