@@ -202,23 +202,21 @@ async fn serve<S: Store>(
     let _ = stdout.write_all((banner.join("\n") + "\n").as_bytes());
     let _ = stdout.flush();
 
-    // Resolves when the load run is over; without one, the sender lives until we return.
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut _no_load = None;
-    if let Some((duration, workers)) = load {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            load::run(addr, pool, waits, duration, workers).await;
-            let _ = done_tx.send(());
-        });
-    } else {
-        _no_load = Some(done_tx);
-    }
+    // With `--load`, the service stops when the load run is over (or on a signal).
+    let load_run = load.map(|(duration, workers)| {
+        tokio::spawn(load::run(addr, pool.clone(), waits, duration, workers))
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
+            let load_over = async {
+                match load_run {
+                    Some(run) => drop(run.await),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown_signal() => {},
-                _ = done_rx => {},
+                () = load_over => {},
             }
         })
         .await?;
