@@ -353,7 +353,7 @@ impl PoolConfig {
         }
         check(
             self.validation_bypass <= Duration::from_secs(60),
-            Setting::PrePing,
+            Setting::ValidationBypass,
             secs(self.validation_bypass),
             "a validation bypass window of at most 60 s",
         );
@@ -399,7 +399,7 @@ pub(crate) enum Setting {
     BreakerTimeout,
     BreakerProbes,
     Name,
-    PrePing,
+    ValidationBypass,
 }
 
 impl Setting {
@@ -421,7 +421,7 @@ impl Setting {
             Setting::BreakerTimeout => "DB_CIRCUIT_BREAKER_TIMEOUT",
             Setting::BreakerProbes => "half_open_max_probes",
             Setting::Name => "DB_POOL_NAME",
-            Setting::PrePing => "validation_bypass",
+            Setting::ValidationBypass => "validation_bypass",
         }
     }
 }

@@ -234,27 +234,30 @@ pub(crate) fn redact(text: &str) -> String {
         out.push_str(&redact_query_password(tail));
         out
     } else {
-        redact_password_pairs(text, ' ')
+        redact_password_pairs(text, " ")
     }
 }
 
 /// `password=…` among `key=value` pairs separated by `separator`, hidden.
-fn redact_password_pairs(text: &str, separator: char) -> String {
+fn redact_password_pairs(text: &str, separator: &str) -> String {
     text.split(separator)
         .map(|pair| {
-            if pair.to_ascii_lowercase().starts_with("password=") {
+            if pair
+                .get(..9)
+                .is_some_and(|key| key.eq_ignore_ascii_case("password="))
+            {
                 "password=***"
             } else {
                 pair
             }
         })
         .collect::<Vec<_>>()
-        .join(&separator.to_string())
+        .join(separator)
 }
 
 fn redact_query_password(tail: &str) -> String {
     match tail.split_once('?') {
-        Some((path, query)) => format!("{path}?{}", redact_password_pairs(query, '&')),
+        Some((path, query)) => format!("{path}?{}", redact_password_pairs(query, "&")),
         None => tail.to_owned(),
     }
 }
