@@ -41,7 +41,7 @@ use crate::url::DatabaseUrl;
 /// ```
 pub struct PoolBuilder<M: ManageConnection> {
     config: PoolConfig,
-    url_error: Option<String>,
+    url_error: Option<crate::url::UrlError>,
     observers: Vec<Arc<dyn PoolObserver>>,
     backend: Option<String>,
     classify: Option<Classify<M::Error>>,
@@ -108,7 +108,7 @@ impl<M: ManageConnection> PoolBuilder<M> {
                 self.config.database_url = Some(url);
                 self.url_error = None;
             }
-            Err(e) => self.url_error = Some(format!("DATABASE_URL: {e}")),
+            Err(e) => self.url_error = Some(e),
         }
         self
     }
@@ -249,11 +249,7 @@ impl<M: ManageConnection> PoolBuilder<M> {
     fn check(&self) -> Result<(), BuildError> {
         let mut problems = Vec::new();
         if let Some(e) = &self.url_error {
-            problems.push(crate::config::ConfigProblem::new(
-                "DATABASE_URL",
-                None,
-                e.trim_start_matches("DATABASE_URL: "),
-            ));
+            problems.push(crate::config::ConfigProblem::url("DATABASE_URL", e));
         }
         self.config.collect_problems(&mut problems);
         crate::config::ConfigError::from_problems(problems)?;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::url::{BackendKind, DatabaseUrl};
+use crate::url::{BackendKind, DatabaseUrl, UrlError};
 
 /// A set of defaults (the columns of the table in the crate docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -235,24 +235,29 @@ impl PoolConfig {
     }
 
     pub(crate) fn collect_problems(&self, out: &mut Vec<ConfigProblem>) {
-        let mut check = |ok: bool, setting: Setting, value: String, expected: &str| {
+        let mut check = |ok: bool, setting: Setting, value: String, problem: &str, expected| {
             if !ok {
-                out.push(ConfigProblem::new(setting.label(), Some(value), expected));
+                out.push(ConfigProblem::new(
+                    setting.label(),
+                    Some(value),
+                    problem,
+                    expected,
+                ));
             }
         };
         let secs = |d: Duration| format!("{}s", d.as_secs_f64());
-        check(
-            self.base_size <= MAX_POOL_SIZE,
-            Setting::PoolSize,
-            self.base_size.to_string(),
-            "a whole number from 0 to 10000",
-        );
-        check(
-            self.max_overflow <= MAX_POOL_SIZE,
-            Setting::MaxOverflow,
-            self.max_overflow.to_string(),
-            "a whole number from 0 to 10000",
-        );
+        for (setting, value) in [
+            (Setting::PoolSize, self.base_size),
+            (Setting::MaxOverflow, self.max_overflow),
+        ] {
+            check(
+                value <= MAX_POOL_SIZE,
+                setting,
+                value.to_string(),
+                "too large",
+                SIZE_RANGE,
+            );
+        }
         check(
             self.max_size() >= 1,
             Setting::PoolSize,
@@ -262,28 +267,22 @@ impl PoolConfig {
                 Setting::MaxOverflow.label(),
                 self.max_overflow
             ),
+            "a pool of no connections",
             "base size + overflow of at least 1",
         );
-        for (setting, value, max) in [
-            (Setting::PoolTimeout, self.checkout_timeout, MAX_TIMEOUT),
-            (Setting::ConnectTimeout, self.connect_timeout, MAX_TIMEOUT),
-            (Setting::HealthInterval, self.health_interval, MAX_TIMEOUT),
-            (
-                Setting::BreakerRecovery,
-                self.breaker.recovery_timeout,
-                MAX_TIMEOUT,
-            ),
-            (
-                Setting::BreakerTimeout,
-                self.breaker.operation_timeout,
-                MAX_TIMEOUT,
-            ),
+        for (setting, value) in [
+            (Setting::PoolTimeout, self.checkout_timeout),
+            (Setting::ConnectTimeout, self.connect_timeout),
+            (Setting::HealthInterval, self.health_interval),
+            (Setting::BreakerRecovery, self.breaker.recovery_timeout),
+            (Setting::BreakerTimeout, self.breaker.operation_timeout),
         ] {
             check(
-                !value.is_zero() && value <= max,
+                !value.is_zero() && value <= MAX_TIMEOUT,
                 setting,
                 secs(value),
-                "a duration above 0 and at most 1 day",
+                duration_problem(value, MAX_TIMEOUT),
+                DURATION_RANGE,
             );
         }
         for (setting, value) in [
@@ -296,7 +295,8 @@ impl PoolConfig {
                     !value.is_zero() && value <= MAX_LIFETIME,
                     setting,
                     secs(value),
-                    "a duration above 0 and at most 30 days, or off",
+                    duration_problem(value, MAX_LIFETIME),
+                    "a duration above 0 and at most 30 days, or None (off)",
                 );
             }
         }
@@ -309,22 +309,23 @@ impl PoolConfig {
                 (1..=MAX_THRESHOLD).contains(&value),
                 setting,
                 value.to_string(),
-                "a whole number from 1 to 10000",
+                if value == 0 { "zero" } else { "too large" },
+                THRESHOLD_RANGE,
             );
         }
         let unit = |v: f64| v.is_finite() && v > 0.0 && v <= 1.0;
-        check(
-            unit(self.warn_utilization),
-            Setting::WarnUtilization,
-            self.warn_utilization.to_string(),
-            "a fraction above 0 and at most 1 (e.g. 0.80)",
-        );
-        check(
-            unit(self.critical_utilization),
-            Setting::CriticalUtilization,
-            self.critical_utilization.to_string(),
-            "a fraction above 0 and at most 1 (e.g. 0.95)",
-        );
+        for (setting, value) in [
+            (Setting::WarnUtilization, self.warn_utilization),
+            (Setting::CriticalUtilization, self.critical_utilization),
+        ] {
+            check(
+                unit(value),
+                setting,
+                value.to_string(),
+                fraction_problem(value),
+                FRACTION_RANGE,
+            );
+        }
         if unit(self.warn_utilization) && unit(self.critical_utilization) {
             check(
                 self.warn_utilization < self.critical_utilization,
@@ -335,6 +336,7 @@ impl PoolConfig {
                     Setting::CriticalUtilization.label(),
                     self.critical_utilization
                 ),
+                "not below the critical threshold",
                 "a warning threshold below the critical threshold",
             );
         }
@@ -348,6 +350,7 @@ impl PoolConfig {
                     Setting::Recycle.label(),
                     secs(life)
                 ),
+                "not shorter than the maximum lifetime",
                 "an idle timeout shorter than the maximum lifetime",
             );
         }
@@ -355,16 +358,49 @@ impl PoolConfig {
             self.validation_bypass <= Duration::from_secs(60),
             Setting::ValidationBypass,
             secs(self.validation_bypass),
+            "longer than 60 s",
             "a validation bypass window of at most 60 s",
         );
         if let Some(name) = &self.name {
+            let problem = if name.trim().is_empty() {
+                "empty"
+            } else if name.chars().count() > 128 {
+                "longer than 128 characters"
+            } else {
+                "holds control characters"
+            };
             check(
-                !name.trim().is_empty() && name.len() <= 128 && !name.chars().any(char::is_control),
+                !name.trim().is_empty()
+                    && name.chars().count() <= 128
+                    && !name.chars().any(char::is_control),
                 Setting::Name,
                 name.clone(),
+                problem,
                 "1 to 128 printable characters",
             );
         }
+    }
+}
+
+/// What is wrong with a duration outside `(0, max]`.
+pub(crate) fn duration_problem(value: Duration, max: Duration) -> &'static str {
+    if value.is_zero() {
+        "zero"
+    } else if max == MAX_TIMEOUT {
+        "longer than 1 day"
+    } else {
+        "longer than 30 days"
+    }
+}
+
+/// What is wrong with a utilization threshold outside `(0, 1]`.
+pub(crate) fn fraction_problem(value: f64) -> &'static str {
+    if !value.is_finite() {
+        "not a finite number"
+    } else if value <= 0.0 {
+        "not above 0"
+    } else {
+        "above 1 (a fraction, not a percentage)"
     }
 }
 
@@ -379,6 +415,12 @@ pub(crate) const MAX_POOL_SIZE: u32 = 10_000;
 pub(crate) const MAX_THRESHOLD: u32 = 10_000;
 pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+
+pub(crate) const SIZE_RANGE: &str = "a whole number from 0 to 10000";
+pub(crate) const THRESHOLD_RANGE: &str = "a whole number from 1 to 10000";
+pub(crate) const FRACTION_RANGE: &str = "a fraction above 0 and at most 1, e.g. 0.80";
+pub(crate) const DURATION_RANGE: &str =
+    "a duration above 0 and at most 1 day: seconds (15, 2.5) or with units (500ms, 2m30s, 1h 5m)";
 
 /// The settings, named by their environment variables so an error points at what to fix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -426,41 +468,50 @@ impl Setting {
     }
 }
 
-/// One setting that broke a rule.
+/// One setting that broke a rule: which, what it held, what is wrong, what is allowed.
+///
+/// Displays as `DB_POOL_TIMEOUT="-1": a negative duration; expected a duration above 0 …`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigProblem {
     /// The environment variable (or field) at fault, e.g. `DB_POOL_SIZE`.
     pub setting: String,
-    /// What it held, with any password hidden; `None` when it was missing.
+    /// What it held; `None` when it is not shown (`DATABASE_URL`, which may hold a password).
     pub value: Option<String>,
+    /// What is wrong with it, e.g. `a negative duration`.
+    pub problem: String,
     /// What would have been accepted.
     pub expected: String,
 }
 
 impl ConfigProblem {
-    pub(crate) fn new(setting: &str, value: Option<String>, expected: &str) -> Self {
+    pub(crate) fn new(setting: &str, value: Option<String>, problem: &str, expected: &str) -> Self {
         ConfigProblem {
             setting: setting.to_owned(),
             value,
+            problem: problem.to_owned(),
             expected: expected.to_owned(),
         }
+    }
+
+    /// `DATABASE_URL` (or `setting`) could not be used; its value is never shown.
+    pub(crate) fn url(setting: &str, error: &UrlError) -> Self {
+        ConfigProblem::new(setting, None, error.problem(), error.expected())
     }
 }
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.value {
-            Some(value) => write!(
-                f,
-                "{}={:?}: expected {}",
-                self.setting, value, self.expected
-            ),
-            None => write!(f, "{}: expected {}", self.setting, self.expected),
+        f.write_str(&self.setting)?;
+        if let Some(value) = &self.value {
+            write!(f, "={value:?}")?;
         }
+        write!(f, ": {}; expected {}", self.problem, self.expected)
     }
 }
 
 /// A configuration that cannot make a pool; lists every problem found, not just the first.
+///
+/// `Display` gives a heading and then one problem per line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
     problems: Vec<ConfigProblem>,
@@ -486,11 +537,11 @@ impl fmt::Display for ConfigError {
         let n = self.problems.len();
         write!(
             f,
-            "invalid pool configuration ({n} problem{})",
+            "invalid pool configuration ({n} problem{}):",
             if n == 1 { "" } else { "s" }
         )?;
         for problem in &self.problems {
-            write!(f, "; {problem}")?;
+            write!(f, "\n  {problem}")?;
         }
         Ok(())
     }
@@ -545,6 +596,6 @@ mod tests {
         );
         assert!(err
             .to_string()
-            .starts_with("invalid pool configuration (3 problems)"));
+            .starts_with("invalid pool configuration (3 problems):\n  DB_POOL_SIZE=\"0 (with"));
     }
 }

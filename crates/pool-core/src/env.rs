@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use crate::config::{
-    ConfigError, ConfigProblem, PoolConfig, Profile, Setting, MAX_LIFETIME, MAX_POOL_SIZE,
-    MAX_THRESHOLD, MAX_TIMEOUT,
+    duration_problem, fraction_problem, ConfigError, ConfigProblem, PoolConfig, Profile, Setting,
+    DURATION_RANGE, FRACTION_RANGE, MAX_LIFETIME, MAX_POOL_SIZE, MAX_THRESHOLD, MAX_TIMEOUT,
+    SIZE_RANGE, THRESHOLD_RANGE,
 };
-use crate::url::{redact, BackendKind, DatabaseUrl};
+use crate::url::{BackendKind, DatabaseUrl};
 
 impl PoolConfig {
     /// Reads the configuration from the process environment.
@@ -75,13 +76,7 @@ impl PoolConfig {
 
         let url = reader.raw("DATABASE_URL").and_then(|text| {
             DatabaseUrl::parse(&text)
-                .map_err(|e| {
-                    reader.problems.push(ConfigProblem::new(
-                        "DATABASE_URL",
-                        Some(redact(&text)),
-                        &format!("a postgres:// or sqlite: URL ({e})"),
-                    ))
-                })
+                .map_err(|e| reader.problems.push(ConfigProblem::url("DATABASE_URL", &e)))
                 .ok()
         });
         let profile = reader.profile(url.as_ref().map(DatabaseUrl::kind));
@@ -156,67 +151,91 @@ impl Reader<'_> {
     fn raw(&mut self, key: &str) -> Option<String> {
         let value = (self.lookup)(key)?;
         if value.trim().is_empty() {
+            // Not shown: for DATABASE_URL it could be a password made of spaces.
             self.problems.push(ConfigProblem::new(
                 key,
-                Some(value),
-                "a value (the variable is set but empty; unset it to use the default)",
+                None,
+                "set but empty",
+                "a value (unset the variable to use the default)",
             ));
             return None;
         }
         Some(value.trim().to_owned())
     }
 
-    fn fail(&mut self, key: &str, value: &str, expected: &str) {
-        self.problems
-            .push(ConfigProblem::new(key, Some(shorten(value)), expected));
+    fn fail(&mut self, key: &str, value: &str, problem: &str, expected: &str) {
+        self.problems.push(ConfigProblem::new(
+            key,
+            Some(shorten(value)),
+            problem,
+            expected,
+        ));
     }
 
+    /// `DB_POOL_PROFILE` is the pool's own and strict; `APP_ENV` belongs to the application,
+    /// so a value the pool does not know selects the default profile (and says so).
     fn profile(&mut self, backend: Option<BackendKind>) -> Profile {
         if backend != Some(BackendKind::Postgres) {
             return Profile::Sqlite;
         }
-        for key in ["DB_POOL_PROFILE", "APP_ENV"] {
-            if let Some(value) = self.raw(key) {
-                return match value.to_ascii_lowercase().as_str() {
-                    "production" | "prod" => Profile::Production,
-                    "development" | "dev" | "test" | "testing" | "local" => Profile::Development,
-                    _ => {
-                        let hint = if key == "APP_ENV" {
-                            "production or development (set DB_POOL_PROFILE to override APP_ENV)"
-                        } else {
-                            "production or development"
-                        };
-                        self.fail(key, &value, hint);
-                        Profile::Development
-                    }
-                };
-            }
+        if let Some(value) = self.raw("DB_POOL_PROFILE") {
+            return profile_named(&value).unwrap_or_else(|| {
+                self.fail(
+                    "DB_POOL_PROFILE",
+                    &value,
+                    "not a profile",
+                    "production (or prod) or development (or dev)",
+                );
+                Profile::Development
+            });
         }
-        Profile::Development
+        let app_env = (self.lookup)("APP_ENV").unwrap_or_default();
+        let app_env = app_env.trim();
+        if app_env.is_empty() {
+            return Profile::Development;
+        }
+        profile_named(app_env).unwrap_or_else(|| {
+            tracing::info!(
+                app_env = %shorten(app_env),
+                "APP_ENV names no pool profile; using the development defaults (set \
+                 DB_POOL_PROFILE=production or development to choose)"
+            );
+            Profile::Development
+        })
     }
 
     fn size(&mut self, setting: Setting, out: &mut u32) {
         let key = setting.label();
         let Some(text) = self.raw(key) else { return };
-        let expected = "a whole number from 0 to 10000";
-        match text.parse::<i64>() {
-            Ok(n) if (0..=i64::from(MAX_POOL_SIZE)).contains(&n) => *out = n as u32,
-            Ok(n) if n < 0 && setting == Setting::MaxOverflow => self.fail(
-                key,
-                &text,
-                "a whole number from 0 to 10000 (unlimited overflow is not supported)",
-            ),
-            _ => self.fail(key, &text, expected),
-        }
+        let problem = match text.parse::<i64>() {
+            Ok(n) if (0..=i64::from(MAX_POOL_SIZE)).contains(&n) => {
+                *out = n as u32;
+                return;
+            }
+            Ok(n) if n < 0 && setting == Setting::MaxOverflow => {
+                "negative (unlimited overflow is not supported)"
+            }
+            Ok(n) if n < 0 => "negative",
+            Ok(_) => "too large",
+            Err(_) => whole_number_problem(&text),
+        };
+        self.fail(key, &text, problem, SIZE_RANGE);
     }
 
     fn threshold(&mut self, setting: Setting, out: &mut u32) {
         let key = setting.label();
         let Some(text) = self.raw(key) else { return };
-        match text.parse::<i64>() {
-            Ok(n) if (1..=i64::from(MAX_THRESHOLD)).contains(&n) => *out = n as u32,
-            _ => self.fail(key, &text, "a whole number from 1 to 10000"),
-        }
+        let problem = match text.parse::<i64>() {
+            Ok(n) if (1..=i64::from(MAX_THRESHOLD)).contains(&n) => {
+                *out = n as u32;
+                return;
+            }
+            Ok(0) => "zero",
+            Ok(n) if n < 0 => "negative",
+            Ok(_) => "too large",
+            Err(_) => whole_number_problem(&text),
+        };
+        self.fail(key, &text, problem, THRESHOLD_RANGE);
     }
 
     fn duration(&mut self, setting: Setting, max: Duration, out: &mut Duration) {
@@ -224,12 +243,8 @@ impl Reader<'_> {
         let Some(text) = self.raw(key) else { return };
         match parse_duration(&text) {
             Ok(d) if !d.is_zero() && d <= max => *out = d,
-            Ok(_) => self.fail(
-                key,
-                &text,
-                "a duration above 0 and at most 1 day, e.g. 15, 2.5, 500ms, 2m",
-            ),
-            Err(why) => self.fail(key, &text, &format!("{why}, e.g. 15, 2.5, 500ms, 2m")),
+            Ok(d) => self.fail(key, &text, duration_problem(d, max), DURATION_RANGE),
+            Err(problem) => self.fail(key, &text, &problem, DURATION_RANGE),
         }
     }
 
@@ -243,19 +258,17 @@ impl Reader<'_> {
             *out = None;
             return;
         }
-        let off = if minus_one {
-            "-1, 0 or off"
+        let expected = if minus_one {
+            "a duration above 0 and at most 30 days (2.5, 90s, 1h 30m), or -1, 0 or off to \
+             turn it off"
         } else {
-            "0 or off"
+            "a duration above 0 and at most 30 days (2.5, 90s, 1h 30m), or 0 or off to turn it \
+             off"
         };
         match parse_duration(&text) {
             Ok(d) if !d.is_zero() && d <= MAX_LIFETIME => *out = Some(d),
-            Ok(_) => self.fail(
-                key,
-                &text,
-                &format!("a duration above 0 and at most 30 days, or {off} to turn it off"),
-            ),
-            Err(why) => self.fail(key, &text, &format!("{why}, or {off} to turn it off")),
+            Ok(d) => self.fail(key, &text, duration_problem(d, MAX_LIFETIME), expected),
+            Err(problem) => self.fail(key, &text, &problem, expected),
         }
     }
 
@@ -264,7 +277,8 @@ impl Reader<'_> {
         let Some(text) = self.raw(key) else { return };
         match text.parse::<f64>() {
             Ok(v) if v.is_finite() && v > 0.0 && v <= 1.0 => *out = v,
-            _ => self.fail(key, &text, "a fraction above 0 and at most 1, e.g. 0.80"),
+            Ok(v) => self.fail(key, &text, fraction_problem(v), FRACTION_RANGE),
+            Err(_) => self.fail(key, &text, "not a number", FRACTION_RANGE),
         }
     }
 
@@ -273,8 +287,33 @@ impl Reader<'_> {
         match text.to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => *out = true,
             "0" | "false" | "no" | "off" => *out = false,
-            _ => self.fail(key, &text, "true or false (also 1/0, yes/no, on/off)"),
+            _ => self.fail(
+                key,
+                &text,
+                "not a boolean",
+                "true or false (also 1/0, yes/no, on/off)",
+            ),
         }
+    }
+}
+
+fn profile_named(value: &str) -> Option<Profile> {
+    match value.to_ascii_lowercase().as_str() {
+        "production" | "prod" => Some(Profile::Production),
+        "development" | "dev" => Some(Profile::Development),
+        _ => None,
+    }
+}
+
+/// Why text that `i64` refused is not a whole number.
+fn whole_number_problem(text: &str) -> &'static str {
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        "too large"
+    } else if text.parse::<f64>().is_ok() {
+        "not a whole number"
+    } else {
+        "not a number"
     }
 }
 
@@ -289,44 +328,44 @@ fn shorten(value: &str) -> String {
     }
 }
 
-/// Parses `15`, `30.0` (seconds) or a number with one unit: `us`, `ms`, `s`, `m`, `h`.
+/// Parses a duration: plain seconds as the seed writes them (`15`, `30.0`, `2.5`), or
+/// [`humantime`]'s units, alone or compound (`500ms`, `2m`, `2m30s`, `1h 5m`, `1.5h`).
+///
+/// Units are case sensitive as humantime reads them: `m` is minutes, `M` months.
+///
+/// ```
+/// use std::time::Duration;
+/// use pool_core::parse_duration;
+///
+/// assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+/// assert_eq!(parse_duration("2m30s"), Ok(Duration::from_secs(150)));
+/// assert_eq!(parse_duration("-1").unwrap_err(), "a negative duration");
+/// assert_eq!(parse_duration("10x").unwrap_err(), "unknown unit \"x\"");
+/// ```
 ///
 /// # Errors
 ///
-/// A short description of what was wrong (negative, not a number, unknown unit).
+/// What is wrong, in a few words: `a negative duration`, `unknown unit "x"`, `too long to
+/// represent`, `not a number of seconds or a duration`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number = number.trim();
-    if number.is_empty() {
-        return Err("not a number of seconds or a duration".to_owned());
+    if text.is_empty() {
+        return Err("empty".to_owned());
     }
-    let scale = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
-        "h" | "hr" | "hour" | "hours" => 3600.0,
-        other => return Err(format!("unknown unit `{other}` (use us, ms, s, m or h)")),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| "not a number of seconds or a duration".to_owned())?;
-    if !value.is_finite() {
-        return Err("not a finite duration".to_owned());
-    }
-    if value < 0.0 {
+    if text.starts_with('-') {
         return Err("a negative duration".to_owned());
     }
-    let secs = value * scale;
-    // Anything beyond a century is a typo, and Duration would overflow far above it.
-    if secs > 3.2e9 {
-        return Err("an absurdly long duration".to_owned());
+    if let Ok(seconds) = text.parse::<f64>() {
+        if !seconds.is_finite() {
+            return Err("not a finite number".to_owned());
+        }
+        return Duration::try_from_secs_f64(seconds).map_err(|_| "too long to represent".into());
     }
-    Ok(Duration::from_secs_f64(secs))
+    humantime::parse_duration(text).map_err(|e| match e {
+        humantime::DurationError::UnknownUnit { unit, .. } => format!("unknown unit {unit:?}"),
+        humantime::DurationError::NumberOverflow => "too long to represent".to_owned(),
+        _ => "not a number of seconds or a duration".to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -351,14 +390,98 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1.5 h").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("250us").unwrap(), Duration::from_micros(250));
-        assert!(parse_duration("5 parsecs")
-            .unwrap_err()
-            .contains("unknown unit"));
-        assert!(parse_duration("-3").unwrap_err().contains("negative"));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("99999999999")
-            .unwrap_err()
-            .contains("absurdly"));
+        assert_eq!(parse_duration("2m30s").unwrap(), Duration::from_secs(150));
+        assert_eq!(parse_duration("1h 5m").unwrap(), Duration::from_secs(3900));
+        assert_eq!(
+            parse_duration("5 parsecs").unwrap_err(),
+            "unknown unit \"parsecs\""
+        );
+        assert_eq!(parse_duration("-3").unwrap_err(), "a negative duration");
+        assert_eq!(parse_duration("-3s").unwrap_err(), "a negative duration");
+        assert_eq!(
+            parse_duration("ten").unwrap_err(),
+            "not a number of seconds or a duration"
+        );
+        assert_eq!(parse_duration("inf").unwrap_err(), "not a finite number");
+        assert_eq!(
+            parse_duration("1e300").unwrap_err(),
+            "too long to represent"
+        );
+        assert_eq!(
+            parse_duration("99999999999999999999h").unwrap_err(),
+            "too long to represent"
+        );
+    }
+
+    #[test]
+    fn configuration_errors_say_what_is_wrong_then_what_is_expected() {
+        let expected_duration = "expected a duration above 0 and at most 1 day: seconds (15, \
+                                 2.5) or with units (500ms, 2m30s, 1h 5m)";
+        for (key, value, line) in [
+            (
+                "DB_POOL_TIMEOUT",
+                "-1",
+                format!("DB_POOL_TIMEOUT=\"-1\": a negative duration; {expected_duration}"),
+            ),
+            (
+                "DB_POOL_TIMEOUT",
+                "10x",
+                format!("DB_POOL_TIMEOUT=\"10x\": unknown unit \"x\"; {expected_duration}"),
+            ),
+            (
+                "DB_POOL_CONNECT_TIMEOUT",
+                "99999999999999999999h",
+                format!(
+                    "DB_POOL_CONNECT_TIMEOUT=\"99999999999999999999h\": too long to represent; \
+                     {expected_duration}"
+                ),
+            ),
+            (
+                "DB_POOL_TIMEOUT",
+                "2d",
+                format!("DB_POOL_TIMEOUT=\"2d\": longer than 1 day; {expected_duration}"),
+            ),
+            (
+                "DB_POOL_SIZE",
+                "ten",
+                "DB_POOL_SIZE=\"ten\": not a number; expected a whole number from 0 to 10000"
+                    .to_owned(),
+            ),
+            (
+                "DB_POOL_SIZE",
+                "99999999999999999999",
+                "DB_POOL_SIZE=\"99999999999999999999\": too large; expected a whole number from \
+                 0 to 10000"
+                    .to_owned(),
+            ),
+        ] {
+            let err = config(&[PG, (key, value)]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("invalid pool configuration (1 problem):\n  {line}")
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_app_env_selects_the_default_profile_but_db_pool_profile_is_strict() {
+        let c = config(&[PG, ("APP_ENV", "staging")]).unwrap();
+        assert_eq!(c.profile, Profile::Development);
+        let c = config(&[PG, ("APP_ENV", "")]).unwrap();
+        assert_eq!(c.profile, Profile::Development);
+        let c = config(&[PG, ("APP_ENV", "Prod")]).unwrap();
+        assert_eq!(c.profile, Profile::Production);
+        let err = config(&[
+            PG,
+            ("APP_ENV", "production"),
+            ("DB_POOL_PROFILE", "staging"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.problems()[0].to_string(),
+            "DB_POOL_PROFILE=\"staging\": not a profile; expected production (or prod) or \
+             development (or dev)"
+        );
     }
 
     #[test]
@@ -374,7 +497,7 @@ mod tests {
         let prod = config(&[PG, ("APP_ENV", "production")]).unwrap();
         assert_eq!(prod.profile, Profile::Production);
         let overridden =
-            config(&[PG, ("APP_ENV", "staging"), ("DB_POOL_PROFILE", "prod")]).unwrap();
+            config(&[PG, ("APP_ENV", "development"), ("DB_POOL_PROFILE", "prod")]).unwrap();
         assert_eq!(overridden.profile, Profile::Production);
     }
 
@@ -429,57 +552,127 @@ mod tests {
 
     #[test]
     fn bad_values_are_rejected_with_the_variable_the_value_and_what_is_allowed() {
-        let cases: &[(&str, &str, &str)] = &[
-            ("DB_POOL_SIZE", "", "set but empty"),
-            ("DB_POOL_SIZE", "ten", "whole number from 0 to 10000"),
-            ("DB_POOL_SIZE", "-4", "whole number from 0 to 10000"),
-            ("DB_POOL_SIZE", "99999999", "whole number from 0 to 10000"),
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (
+                "DB_POOL_SIZE",
+                "ten",
+                "not a number",
+                "whole number from 0 to 10000",
+            ),
+            (
+                "DB_POOL_SIZE",
+                "-4",
+                "negative",
+                "whole number from 0 to 10000",
+            ),
+            (
+                "DB_POOL_SIZE",
+                "2.5",
+                "not a whole number",
+                "from 0 to 10000",
+            ),
+            ("DB_POOL_SIZE", "99999999", "too large", "from 0 to 10000"),
             (
                 "DB_MAX_OVERFLOW",
                 "-1",
                 "unlimited overflow is not supported",
+                "from 0 to 10000",
             ),
-            ("DB_POOL_TIMEOUT", "0", "above 0"),
-            ("DB_POOL_TIMEOUT", "-5", "negative"),
+            ("DB_POOL_TIMEOUT", "0", "zero", "above 0"),
+            ("DB_POOL_TIMEOUT", "-5", "a negative duration", "above 0"),
             (
                 "DB_POOL_TIMEOUT",
                 "3 fortnights",
-                "unknown unit `fortnights`",
+                "unknown unit \"fortnights\"",
+                "500ms, 2m30s",
             ),
-            ("DB_POOL_TIMEOUT", "100000000", "at most 1 day"),
-            ("DB_POOL_CONNECT_TIMEOUT", "soon", "not a number"),
-            ("DB_POOL_RECYCLE", "-7", "negative"),
-            ("DB_POOL_LEAK_THRESHOLD", "9999h", "at most 30 days"),
-            ("DB_POOL_PRE_PING", "maybe", "true or false"),
+            (
+                "DB_POOL_TIMEOUT",
+                "100000000",
+                "longer than 1 day",
+                "at most 1 day",
+            ),
+            (
+                "DB_POOL_CONNECT_TIMEOUT",
+                "soon",
+                "not a number of seconds",
+                "2.5",
+            ),
+            (
+                "DB_POOL_RECYCLE",
+                "-7",
+                "a negative duration",
+                "or -1, 0 or off",
+            ),
+            (
+                "DB_POOL_LEAK_THRESHOLD",
+                "9999h",
+                "longer than 30 days",
+                "0 or off",
+            ),
+            (
+                "DB_POOL_PRE_PING",
+                "maybe",
+                "not a boolean",
+                "true or false",
+            ),
             (
                 "DB_POOL_WARN_UTILIZATION",
                 "80",
-                "fraction above 0 and at most 1",
+                "not a percentage",
+                "at most 1",
             ),
-            ("DB_POOL_CRITICAL_UTILIZATION", "0", "fraction above 0"),
+            (
+                "DB_POOL_CRITICAL_UTILIZATION",
+                "0",
+                "not above 0",
+                "above 0",
+            ),
+            (
+                "DB_POOL_CRITICAL_UTILIZATION",
+                "x",
+                "not a number",
+                "above 0",
+            ),
             (
                 "DB_CIRCUIT_BREAKER_FAILURE_THRESHOLD",
                 "0",
+                "zero",
                 "from 1 to 10000",
             ),
             (
                 "DB_CIRCUIT_BREAKER_SUCCESS_THRESHOLD",
                 "1.5",
+                "not a whole number",
                 "from 1 to 10000",
             ),
-            ("DB_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "NaN", "not a number"),
-            ("DB_POOL_PROFILE", "qa", "production or development"),
+            (
+                "DB_CIRCUIT_BREAKER_RECOVERY_TIMEOUT",
+                "NaN",
+                "not a finite number",
+                "above 0",
+            ),
+            ("DB_POOL_PROFILE", "qa", "not a profile", "production"),
         ];
-        for (key, value, expected) in cases {
+        for (key, value, problem, expected) in cases {
             let p = problem_for(&[PG, (key, value)], key);
             assert_eq!(p.value.as_deref(), Some(*value), "{key}={value}");
+            assert!(p.problem.contains(problem), "{key}={value}: {}", p.problem);
             assert!(
                 p.expected.contains(expected),
                 "{key}={value}: {}",
                 p.expected
             );
-            assert!(p.to_string().starts_with(&format!("{key}=")), "{p}");
+            assert_eq!(
+                p.to_string(),
+                format!("{key}={value:?}: {}; expected {}", p.problem, p.expected)
+            );
         }
+        let p = problem_for(&[PG, ("DB_POOL_SIZE", " ")], "DB_POOL_SIZE");
+        assert_eq!(
+            p.to_string(),
+            "DB_POOL_SIZE: set but empty; expected a value (unset the variable to use the default)"
+        );
     }
 
     #[test]
@@ -492,12 +685,16 @@ mod tests {
             ],
             "DB_POOL_WARN_UTILIZATION",
         );
-        assert!(p.expected.contains("below the critical"), "{p}");
+        assert_eq!(p.problem, "not below the critical threshold", "{p}");
         let p = problem_for(
             &[PG, ("DB_POOL_SIZE", "0"), ("DB_MAX_OVERFLOW", "0")],
             "DB_POOL_SIZE",
         );
-        assert!(p.expected.contains("at least 1"), "{p}");
+        assert_eq!(
+            p.to_string(),
+            "DB_POOL_SIZE=\"0 (with DB_MAX_OVERFLOW = 0)\": a pool of no connections; expected \
+             base size + overflow of at least 1"
+        );
         let p = problem_for(
             &[
                 PG,

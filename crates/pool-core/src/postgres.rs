@@ -86,8 +86,8 @@ impl PoolBuilder<PostgresConnectionManager<NoTls>> {
     ///
     /// # Errors
     ///
-    /// As [`PoolBuilder::build`], plus [`BuildError::Url`] when there is no PostgreSQL URL and
-    /// [`BuildError::Driver`] when the driver rejects it.
+    /// As [`PoolBuilder::build`] (a URL the driver rejects is a [`BuildError::Config`]
+    /// problem for `DATABASE_URL`), plus [`BuildError::Url`] when there is no PostgreSQL URL.
     pub fn build_postgres(self) -> Result<PostgresPool, BuildError> {
         self.build_postgres_with_tls(NoTls)
     }
@@ -107,10 +107,10 @@ where
     /// As [`PoolBuilder::build_postgres`].
     pub fn build_postgres_with_tls(self, tls: Tls) -> Result<PostgresPool<Tls>, BuildError> {
         let url = self.require_url(BackendKind::Postgres)?;
-        let pg_config: tokio_postgres::Config =
-            url.expose().parse().map_err(|e: tokio_postgres::Error| {
-                BuildError::Driver(url.scrub(&e.to_string()).into())
-            })?;
+        let pg_config = url
+            .postgres_config()
+            .expect("require_url checked that the URL is a PostgreSQL one")
+            .clone();
         let manager = PostgresConnectionManager::new(pg_config, tls);
         self.backend_name("postgresql")
             .classify_errors(is_connection_error)

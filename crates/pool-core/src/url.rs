@@ -1,4 +1,11 @@
 //! Database URLs that never show their password.
+//!
+//! A DSN is understood exactly as its driver understands it: a PostgreSQL DSN is parsed by
+//! `tokio_postgres::Config` (both its URL form and its `key=value` form), and every printed
+//! form (the redacted URL, the default pool name, the scrubbing of error texts) is built from
+//! the fields the driver read, never from a second reading of the text. A password the driver
+//! takes is therefore never mistaken for a host or a database name, whatever characters it
+//! holds.
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,36 +39,74 @@ impl fmt::Display for BackendKind {
 
 /// A database URL (DSN) whose password is hidden from `Debug`, `Display` and serialization.
 ///
-/// The full text is only reachable through [`DatabaseUrl::expose`], which the backends call
-/// when they connect. Everything else, including error messages and pool names, uses
-/// [`DatabaseUrl::redacted`].
+/// PostgreSQL DSNs are parsed by `tokio_postgres::Config`, in either of its forms: a URL
+/// (`postgres://user:password@host:port/db?param=value`, several hosts separated by commas)
+/// or `key=value` pairs (`host=db user=app password='a b'`). The redacted form, the default
+/// pool name and [`DatabaseUrl::scrub`] are derived from what the driver read, so they cannot
+/// disagree with it. The full text is only reachable through [`DatabaseUrl::expose`].
 ///
 /// ```
 /// use pool_core::DatabaseUrl;
 ///
-/// let url = DatabaseUrl::parse("postgres://app:s3cret@db.internal:5432/orders").unwrap();
+/// // A password with a raw `/` (common in generated base64 passwords).
+/// let url = DatabaseUrl::parse("postgres://app:s3/cr?t@db.internal:5432/orders").unwrap();
 /// assert_eq!(url.to_string(), "postgres://app:***@db.internal:5432/orders");
 /// assert_eq!(url.default_pool_name(), "db.internal:5432/orders");
-/// assert!(!format!("{url:?}").contains("s3cret"));
+/// assert!(!format!("{url:?}").contains("s3/cr?t"));
+///
+/// let url = DatabaseUrl::parse("host=db port=6432 dbname=orders password='a b'").unwrap();
+/// assert_eq!(url.to_string(), "postgres://:***@db:6432/orders");
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl {
     raw: Arc<str>,
+    target: Target,
     redacted: Arc<str>,
-    password: Option<Arc<str>>,
-    kind: BackendKind,
 }
 
-/// A URL that could not be understood. Its message shows the URL with the password hidden.
+#[derive(Clone, PartialEq, Eq)]
+enum Target {
+    #[cfg(feature = "postgres")]
+    Postgres(Arc<tokio_postgres::Config>),
+    Sqlite(Arc<str>),
+}
+
+/// A URL that could not be used: what is wrong with it, and what would be accepted.
+///
+/// Its message never repeats the URL: when a driver rejects a DSN, no part of it is known to
+/// be free of the password.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UrlError {
-    redacted: String,
-    reason: &'static str,
+    problem: String,
+    expected: &'static str,
+}
+
+/// What `DATABASE_URL` may hold, for messages.
+const DSN_FORMS: &str = "postgres://user:password@host:port/db, postgresql://…, key=value pairs \
+                         (host=… user=… password='…'), sqlite:path or sqlite::memory:";
+
+impl UrlError {
+    fn new(problem: impl Into<String>, expected: &'static str) -> Self {
+        UrlError {
+            problem: problem.into(),
+            expected,
+        }
+    }
+
+    /// What is wrong with the URL.
+    pub fn problem(&self) -> &str {
+        &self.problem
+    }
+
+    /// What would have been accepted.
+    pub fn expected(&self) -> &str {
+        self.expected
+    }
 }
 
 impl fmt::Display for UrlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (got `{}`)", self.reason, self.redacted)
+        write!(f, "{}; expected {}", self.problem, self.expected)
     }
 }
 
@@ -70,70 +115,112 @@ impl std::error::Error for UrlError {}
 impl DatabaseUrl {
     /// Parses a PostgreSQL or SQLite URL.
     ///
-    /// Accepted forms: `postgres://user:password@host:port/db`, `postgresql://…`, a libpq
-    /// `key=value` string containing `host=` or `dbname=`, `sqlite:path/to/file.db`,
-    /// `sqlite://path`, `sqlite::memory:`.
+    /// Accepted forms: whatever `tokio_postgres::Config` accepts (`postgres://…`,
+    /// `postgresql://…`, libpq `key=value` pairs), provided it names a host;
+    /// `sqlite:path/to/file.db`, `sqlite://path`, `sqlite::memory:`.
+    ///
+    /// A password in the URL form is read by the driver up to the first `@`, so a password
+    /// containing `@` must be percent-encoded (`%40`); such a URL is refused here rather than
+    /// connecting to a host made of the password's tail.
     ///
     /// # Errors
     ///
-    /// [`UrlError`] when the text is empty or has an unknown scheme.
+    /// [`UrlError`] when the text is empty, has an unknown scheme, is rejected by the driver,
+    /// names no host, or (PostgreSQL without the `postgres` feature) cannot be parsed here.
     pub fn parse(text: &str) -> Result<Self, UrlError> {
         let text = text.trim();
-        let redacted = redact(text);
-        let fail = |reason| UrlError {
-            redacted: redacted.clone(),
-            reason,
-        };
         if text.is_empty() {
-            return Err(fail("the database URL is empty"));
+            return Err(UrlError::new("the database URL is empty", DSN_FORMS));
         }
-        let lower = text.to_ascii_lowercase();
-        let kind = if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            if text
-                .split_once("://")
-                .is_some_and(|(_, rest)| rest.is_empty())
-            {
-                return Err(fail("the PostgreSQL URL has no host"));
-            }
-            BackendKind::Postgres
-        } else if lower.starts_with("sqlite:") {
-            if sqlite_path_of(text).is_empty() {
-                return Err(fail(
-                    "the SQLite URL has no path (use `sqlite::memory:` for memory)",
+        if let Some(path) = strip_prefix_ignore_case(text, "sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(UrlError::new(
+                    "the SQLite URL has no path",
+                    "sqlite:path/to/file.db, or sqlite::memory: for an in-memory database",
                 ));
             }
-            BackendKind::Sqlite
-        } else if !lower.contains("://") && (lower.contains("host=") || lower.contains("dbname=")) {
-            BackendKind::Postgres
-        } else {
-            return Err(fail(
-                "unsupported database URL: expected postgres://, postgresql://, a key=value \
-                 connection string, or sqlite:",
-            ));
-        };
+            return Ok(DatabaseUrl {
+                raw: text.into(),
+                redacted: format!("sqlite:{path}").into(),
+                target: Target::Sqlite(path.into()),
+            });
+        }
+        if let Some(scheme) = url_scheme(text) {
+            if scheme != "postgres" && scheme != "postgresql" {
+                let hint = if scheme.eq_ignore_ascii_case("postgres")
+                    || scheme.eq_ignore_ascii_case("postgresql")
+                {
+                    " (the scheme must be written in lower case)"
+                } else {
+                    ""
+                };
+                return Err(UrlError::new(
+                    format!("unsupported scheme `{scheme}`{hint}"),
+                    DSN_FORMS,
+                ));
+            }
+        }
+        Self::parse_postgres(text)
+    }
+
+    #[cfg(feature = "postgres")]
+    fn parse_postgres(text: &str) -> Result<Self, UrlError> {
+        let config: tokio_postgres::Config = text.parse().map_err(|e| {
+            UrlError::new(
+                format!(
+                    "the PostgreSQL driver rejected the connection string ({})",
+                    postgres::describe_parse_error(&e)
+                ),
+                DSN_FORMS,
+            )
+        })?;
+        postgres::check(text, &config)?;
         Ok(DatabaseUrl {
             raw: text.into(),
-            redacted: redacted.into(),
-            password: password_of(text).map(Into::into),
-            kind,
+            redacted: postgres::redacted(&config).into(),
+            target: Target::Postgres(Arc::new(config)),
         })
     }
 
-    /// Replaces every occurrence of this URL's password in `text` with `***`; a last line of
-    /// defence for driver error messages that might echo connection settings.
+    #[cfg(not(feature = "postgres"))]
+    fn parse_postgres(_text: &str) -> Result<Self, UrlError> {
+        Err(UrlError::new(
+            "a PostgreSQL connection string, but pool-core's `postgres` feature is off",
+            "sqlite:path, or a build with the `postgres` feature",
+        ))
+    }
+
+    /// Replaces every occurrence of this URL's password (as the driver read it) in `text`
+    /// with `***`; a last line of defence for driver error messages that might echo
+    /// connection settings.
     pub fn scrub(&self, text: &str) -> String {
-        match &self.password {
-            Some(pw) if !pw.is_empty() => text.replace(&**pw, "***"),
+        match self.password() {
+            Some(pw) if !pw.is_empty() && text.contains(&*pw) => text.replace(&*pw, "***"),
             _ => text.to_owned(),
+        }
+    }
+
+    fn password(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match &self.target {
+            #[cfg(feature = "postgres")]
+            Target::Postgres(config) => config.get_password().map(String::from_utf8_lossy),
+            Target::Sqlite(_) => None,
         }
     }
 
     /// The kind of database this URL points at.
     pub fn kind(&self) -> BackendKind {
-        self.kind
+        match self.target {
+            #[cfg(feature = "postgres")]
+            Target::Postgres(_) => BackendKind::Postgres,
+            Target::Sqlite(_) => BackendKind::Sqlite,
+        }
     }
 
-    /// The URL with its password replaced by `***`; safe for logs, errors and metrics.
+    /// The URL rebuilt from the driver's reading of it, password replaced by `***`: user,
+    /// hosts with their ports, and database (`postgres://app:***@db:5432/orders`); or the
+    /// SQLite path. Safe for logs, errors and metrics.
     pub fn redacted(&self) -> &str {
         &self.redacted
     }
@@ -143,122 +230,228 @@ impl DatabaseUrl {
         &self.raw
     }
 
-    /// The SQLite file path (or `:memory:`), for SQLite URLs.
-    pub fn sqlite_path(&self) -> Option<&str> {
-        (self.kind == BackendKind::Sqlite).then(|| sqlite_path_of(&self.raw))
+    /// The driver's own parse of a PostgreSQL URL; what the PostgreSQL backend connects with.
+    #[cfg(feature = "postgres")]
+    pub fn postgres_config(&self) -> Option<&tokio_postgres::Config> {
+        match &self.target {
+            Target::Postgres(config) => Some(config),
+            Target::Sqlite(_) => None,
+        }
     }
 
-    /// `server.address:server.port/db.namespace`, or the file name for SQLite.
+    /// The SQLite file path (or `:memory:`), for SQLite URLs.
+    pub fn sqlite_path(&self) -> Option<&str> {
+        match &self.target {
+            Target::Sqlite(path) => Some(path),
+            #[cfg(feature = "postgres")]
+            Target::Postgres(_) => None,
+        }
+    }
+
+    /// `server.address:server.port/db.namespace` as the driver reads them (every host, comma
+    /// separated; the database defaults to the user name, as the server does), or
+    /// `sqlite:path` for SQLite.
     ///
     /// Used as the pool name when none is configured. Never contains credentials.
     pub fn default_pool_name(&self) -> String {
-        match self.kind {
-            BackendKind::Sqlite => format!("sqlite:{}", sqlite_path_of(&self.raw)),
-            BackendKind::Postgres => {
-                if let Some((_, rest)) = self.raw.split_once("://") {
-                    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-                    let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
-                    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-                    let host_port = if host_port.is_empty() {
-                        "localhost"
-                    } else {
-                        host_port
-                    };
-                    let with_port = if host_port.ends_with(']') || !host_port.contains(':') {
-                        format!("{host_port}:5432")
-                    } else {
-                        host_port.to_owned()
-                    };
-                    let db = if db.is_empty() { "postgres" } else { db };
-                    format!("{with_port}/{db}")
-                } else {
-                    let field = |key: &str| {
-                        self.raw.split_whitespace().find_map(|pair| {
-                            pair.strip_prefix(key)
-                                .and_then(|v| v.strip_prefix('='))
-                                .map(str::to_owned)
-                        })
-                    };
-                    format!(
-                        "{}:{}/{}",
-                        field("host").unwrap_or_else(|| "localhost".into()),
-                        field("port").unwrap_or_else(|| "5432".into()),
-                        field("dbname").unwrap_or_else(|| "postgres".into()),
-                    )
-                }
-            }
+        match &self.target {
+            Target::Sqlite(path) => format!("sqlite:{path}"),
+            #[cfg(feature = "postgres")]
+            Target::Postgres(config) => postgres::pool_name(config),
         }
     }
 }
 
-fn password_of(text: &str) -> Option<String> {
-    if let Some((_, rest)) = text.split_once("://") {
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let from_userinfo = rest[..authority_end]
-            .rsplit_once('@')
-            .and_then(|(userinfo, _)| userinfo.split_once(':'))
-            .map(|(_, pw)| pw.to_owned());
-        from_userinfo.or_else(|| {
-            rest.split_once('?').and_then(|(_, q)| {
-                q.split('&')
-                    .find_map(|p| p.strip_prefix("password=").map(str::to_owned))
-            })
-        })
-    } else {
-        text.split(' ')
-            .find_map(|p| p.strip_prefix("password=").map(str::to_owned))
-    }
+/// The scheme of `scheme://…`, if the text starts with one (RFC 3986: a letter, then letters,
+/// digits, `+`, `-` or `.`).
+fn url_scheme(text: &str) -> Option<&str> {
+    let (scheme, _) = text.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some(scheme)
 }
 
-fn sqlite_path_of(text: &str) -> &str {
-    let rest = &text["sqlite:".len()..];
-    rest.strip_prefix("//").unwrap_or(rest)
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
 }
 
-/// Hides the password of a URL (`user:***@`) or of a `password=` pair.
-pub(crate) fn redact(text: &str) -> String {
-    if let Some((scheme, rest)) = text.split_once("://") {
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        let mut out = format!("{scheme}://");
-        match authority.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                match userinfo.split_once(':') {
-                    Some((user, _)) => out.push_str(&format!("{user}:***@")),
-                    None => out.push_str(&format!("{userinfo}@")),
-                }
-                out.push_str(host);
+#[cfg(feature = "postgres")]
+mod postgres {
+    use std::error::Error as _;
+    use std::fmt::Write as _;
+
+    use tokio_postgres::config::Host;
+    use tokio_postgres::Config;
+
+    use super::UrlError;
+
+    /// Parameter names of `tokio_postgres::Config`; a name the driver quotes in an error is
+    /// shown only when it is one of these (an unknown "option" may be a piece of an unquoted
+    /// password).
+    const KNOWN_OPTIONS: &[&str] = &[
+        "user",
+        "password",
+        "dbname",
+        "options",
+        "application_name",
+        "sslmode",
+        "sslnegotiation",
+        "host",
+        "hostaddr",
+        "port",
+        "connect_timeout",
+        "tcp_user_timeout",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_retries",
+        "target_session_attrs",
+        "channel_binding",
+        "load_balance_hosts",
+    ];
+
+    /// The driver's reason, with any quoted name that is not one of its options hidden.
+    pub(super) fn describe_parse_error(error: &tokio_postgres::Error) -> String {
+        let Some(source) = error.source() else {
+            return error.to_string();
+        };
+        let text = source.to_string();
+        let mut out = String::with_capacity(text.len());
+        for (i, piece) in text.split('`').enumerate() {
+            if i > 0 {
+                out.push('`');
             }
-            None => out.push_str(authority),
-        }
-        out.push_str(&redact_query_password(tail));
-        out
-    } else {
-        redact_password_pairs(text, " ")
-    }
-}
-
-/// `password=…` among `key=value` pairs separated by `separator`, hidden.
-fn redact_password_pairs(text: &str, separator: &str) -> String {
-    text.split(separator)
-        .map(|pair| {
-            if pair
-                .get(..9)
-                .is_some_and(|key| key.eq_ignore_ascii_case("password="))
-            {
-                "password=***"
+            // Odd pieces sit between backticks.
+            if i % 2 == 1 && piece.chars().count() > 1 && !KNOWN_OPTIONS.contains(&piece) {
+                out.push('…');
             } else {
-                pair
+                out.push_str(piece);
             }
-        })
-        .collect::<Vec<_>>()
-        .join(separator)
-}
+        }
+        if text.starts_with("unknown option") {
+            out.push_str(" (a value with spaces or quotes must be quoted: password='a b')");
+        }
+        out
+    }
 
-fn redact_query_password(tail: &str) -> String {
-    match tail.split_once('?') {
-        Some((path, query)) => format!("{path}?{}", redact_password_pairs(query, "&")),
-        None => tail.to_owned(),
+    /// Refuses what the driver accepts but cannot mean: no host, or a URL whose password held
+    /// a raw `@` (the driver ends the credentials at the first `@`, so the rest of the
+    /// password would become the host and the database name).
+    pub(super) fn check(text: &str, config: &Config) -> Result<(), UrlError> {
+        if let Some(rest) = ["postgres://", "postgresql://"]
+            .iter()
+            .find_map(|p| text.strip_prefix(p))
+        {
+            // The driver's order: credentials up to the first `@`, then host and path up to
+            // the first `?`. Another `@` in host or path came from the password.
+            let after_credentials = rest.split_once('@').map(|(_, tail)| tail);
+            let raw_at = after_credentials
+                .map(|tail| tail.split_once('?').map_or(tail, |(head, _)| head))
+                .is_some_and(|host_and_path| host_and_path.contains('@'));
+            if raw_at {
+                return Err(UrlError::new(
+                    "an `@` after the user and password (the driver ends them at the first `@`)",
+                    "an `@` in the password percent-encoded as %40",
+                ));
+            }
+        }
+        if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+            return Err(UrlError::new(
+                "the PostgreSQL connection string names no host",
+                "postgres://user@host/db, or host=… (or hostaddr=…) in key=value form",
+            ));
+        }
+        let hosts = config.get_hosts().len().max(config.get_hostaddrs().len());
+        if !config.get_hosts().is_empty()
+            && !config.get_hostaddrs().is_empty()
+            && config.get_hosts().len() != config.get_hostaddrs().len()
+        {
+            return Err(UrlError::new(
+                format!(
+                    "{} hosts and {} hostaddrs",
+                    config.get_hosts().len(),
+                    config.get_hostaddrs().len()
+                ),
+                "as many hostaddrs as hosts",
+            ));
+        }
+        if config.get_ports().len() > 1 && config.get_ports().len() != hosts {
+            return Err(UrlError::new(
+                format!("{hosts} hosts and {} ports", config.get_ports().len()),
+                "one port for all hosts, or one per host",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `host:port` for every host the driver will try, in order, comma separated.
+    fn hosts(config: &Config) -> String {
+        let ports = config.get_ports();
+        let count = config.get_hosts().len().max(config.get_hostaddrs().len());
+        let mut out = String::new();
+        for i in 0..count {
+            if i > 0 {
+                out.push(',');
+            }
+            match config.get_hosts().get(i) {
+                Some(Host::Tcp(name)) if name.contains(':') => {
+                    let _ = write!(out, "[{name}]");
+                }
+                Some(Host::Tcp(name)) => out.push_str(name),
+                #[cfg(unix)]
+                Some(Host::Unix(path)) => out.push_str(&path.to_string_lossy()),
+                None => match config.get_hostaddrs().get(i) {
+                    Some(std::net::IpAddr::V6(addr)) => {
+                        let _ = write!(out, "[{addr}]");
+                    }
+                    Some(addr) => {
+                        let _ = write!(out, "{addr}");
+                    }
+                    None => {}
+                },
+            }
+            let port = ports.get(i).or_else(|| ports.first()).unwrap_or(&5432);
+            let _ = write!(out, ":{port}");
+        }
+        out
+    }
+
+    /// The database the server will open: `dbname`, else the user's name (as the server
+    /// defaults it).
+    fn database(config: &Config) -> Option<&str> {
+        config.get_dbname().or_else(|| config.get_user())
+    }
+
+    pub(super) fn pool_name(config: &Config) -> String {
+        let mut name = hosts(config);
+        if let Some(db) = database(config) {
+            name.push('/');
+            name.push_str(db);
+        }
+        name
+    }
+
+    pub(super) fn redacted(config: &Config) -> String {
+        let mut out = String::from("postgres://");
+        let user = config.get_user();
+        if let Some(user) = user {
+            out.push_str(user);
+        }
+        if config.get_password().is_some() {
+            out.push_str(":***");
+        }
+        if user.is_some() || config.get_password().is_some() {
+            out.push('@');
+        }
+        out.push_str(&hosts(config));
+        if let Some(db) = config.get_dbname() {
+            out.push('/');
+            out.push_str(db);
+        }
+        out
     }
 }
 
@@ -283,43 +476,132 @@ impl serde::Serialize for DatabaseUrl {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "postgres"))]
 mod tests {
     use super::*;
+
+    fn every_rendering(url: &DatabaseUrl) -> String {
+        format!(
+            "{url} {url:?} {} {}",
+            url.redacted(),
+            url.default_pool_name()
+        )
+    }
 
     #[test]
     fn password_is_hidden_in_every_rendering() {
         let url =
             DatabaseUrl::parse("postgresql://app:hunter2@10.0.0.5:6432/orders?sslmode=disable")
                 .unwrap();
-        for text in [
-            format!("{url}"),
-            format!("{url:?}"),
-            url.redacted().to_owned(),
-        ] {
-            assert!(!text.contains("hunter2"), "{text}");
-            assert!(text.contains("app:***@10.0.0.5:6432/orders"), "{text}");
-        }
+        assert!(!every_rendering(&url).contains("hunter2"));
+        assert_eq!(url.redacted(), "postgres://app:***@10.0.0.5:6432/orders");
         assert_eq!(url.default_pool_name(), "10.0.0.5:6432/orders");
         assert_eq!(url.scrub("auth failed for hunter2"), "auth failed for ***");
     }
 
     #[test]
-    fn key_value_connection_strings_are_redacted_and_named() {
-        let url = DatabaseUrl::parse("host=db port=5433 dbname=app user=u password=pw").unwrap();
+    fn raw_specials_in_a_url_password_stay_in_the_password() {
+        for password in ["ab/cd", "pa?ss", "pa#ss", "a:b", "x%zz", "sp ace\tz"] {
+            let url = DatabaseUrl::parse(&format!("postgres://app:{password}@127.0.0.1:1/orders"))
+                .unwrap();
+            let config = url.postgres_config().unwrap();
+            assert_eq!(config.get_password(), Some(password.as_bytes()));
+            assert_eq!(url.default_pool_name(), "127.0.0.1:1/orders", "{password}");
+            assert_eq!(url.redacted(), "postgres://app:***@127.0.0.1:1/orders");
+            assert_eq!(url.scrub(&format!("echo {password}!")), "echo ***!");
+        }
+    }
+
+    #[test]
+    fn percent_encoded_passwords_are_decoded_by_the_driver_and_scrubbed_decoded() {
+        let url = DatabaseUrl::parse("postgres://app:p%40ss%2Fw@db/app").unwrap();
+        assert_eq!(
+            url.postgres_config().unwrap().get_password(),
+            Some(&b"p@ss/w"[..])
+        );
+        assert_eq!(url.default_pool_name(), "db:5432/app");
+        assert_eq!(url.scrub("p@ss/w"), "***");
+    }
+
+    #[test]
+    fn a_raw_at_sign_in_a_url_password_is_refused_without_showing_any_of_it() {
+        let err = DatabaseUrl::parse("postgres://app:p@ssw0rd@db/app").unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(text.contains("%40"), "{text}");
+        assert!(
+            !text.contains("ssw0rd") && !text.contains("db/app"),
+            "{text}"
+        );
+        // A `?` before the second `@` does not hide it: the driver took the credentials first.
+        let err = DatabaseUrl::parse("postgres://app:a?b@cdef@db/app").unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("cdef"), "{err}");
+    }
+
+    #[test]
+    fn key_value_connection_strings_are_read_as_the_driver_reads_them() {
+        let url =
+            DatabaseUrl::parse("host = db port=5433 dbname=app user=u password='it\\'s a\tsecret'")
+                .unwrap();
         assert_eq!(url.kind(), BackendKind::Postgres);
         assert_eq!(
-            url.redacted(),
-            "host=db port=5433 dbname=app user=u password=***"
+            url.postgres_config().unwrap().get_password(),
+            Some(&b"it's a\tsecret"[..])
         );
+        assert_eq!(url.redacted(), "postgres://u:***@db:5433/app");
         assert_eq!(url.default_pool_name(), "db:5433/app");
+        let escaped = DatabaseUrl::parse("host=db password=a\\ b").unwrap();
+        assert_eq!(
+            escaped.postgres_config().unwrap().get_password(),
+            Some(&b"a b"[..])
+        );
+    }
+
+    #[test]
+    fn several_hosts_are_all_named() {
+        let url = DatabaseUrl::parse("postgres://u:pw@h1:5433,h2,[::1]:6000/app").unwrap();
+        assert_eq!(url.default_pool_name(), "h1:5433,h2:5432,[::1]:6000/app");
+        let url = DatabaseUrl::parse("host=h1,h2 port=7000 user=u").unwrap();
+        assert_eq!(url.default_pool_name(), "h1:7000,h2:7000/u");
+        let url = DatabaseUrl::parse("hostaddr=10.1.2.3 dbname=x").unwrap();
+        assert_eq!(url.default_pool_name(), "10.1.2.3:5432/x");
     }
 
     #[test]
     fn query_string_passwords_are_redacted() {
         let url = DatabaseUrl::parse("postgres://db/app?user=u&password=pw").unwrap();
-        assert_eq!(url.redacted(), "postgres://db/app?user=u&password=***");
+        assert_eq!(url.redacted(), "postgres://u:***@db:5432/app");
         assert_eq!(url.default_pool_name(), "db:5432/app");
+    }
+
+    #[test]
+    fn driver_rejections_show_no_part_of_the_text() {
+        for (text, reason) in [
+            ("host=db password=sec ret", "unexpected EOF"),
+            (
+                "host=db password=sec retz=1",
+                "unknown option `…` (a value with spaces or quotes must be quoted: \
+                 password='a b')",
+            ),
+            (
+                "postgres://u:secret@db:notaport/app",
+                "invalid value for option `port`",
+            ),
+            (
+                "host=db password='unterminated",
+                "unterminated quoted connection parameter value",
+            ),
+        ] {
+            let err = DatabaseUrl::parse(text).unwrap_err();
+            assert_eq!(
+                err.problem(),
+                format!("the PostgreSQL driver rejected the connection string ({reason})"),
+                "{text}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("{}; expected {DSN_FORMS}", err.problem())
+            );
+        }
     }
 
     #[test]
@@ -332,15 +614,28 @@ mod tests {
             DatabaseUrl::parse("sqlite::memory:").unwrap().sqlite_path(),
             Some(":memory:")
         );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///tmp/x.db")
+                .unwrap()
+                .sqlite_path(),
+            Some("/tmp/x.db")
+        );
     }
 
     #[test]
-    fn unknown_schemes_are_rejected_without_the_password() {
+    fn unknown_schemes_and_hostless_urls_are_rejected_without_the_password() {
         let err = DatabaseUrl::parse("mysql://root:topsecret@db/app").unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("unsupported database URL"), "{text}");
-        assert!(text.contains("mysql://root:***@db/app"), "{text}");
-        assert!(!text.contains("topsecret"));
+        assert_eq!(
+            err.to_string(),
+            "unsupported scheme `mysql`; expected postgres://user:password@host:port/db, \
+             postgresql://…, key=value pairs (host=… user=… password='…'), sqlite:path or \
+             sqlite::memory:"
+        );
+        let err = DatabaseUrl::parse("POSTGRES://root:topsecret@db/app").unwrap_err();
+        assert!(err.to_string().contains("lower case"), "{err}");
+        let err = DatabaseUrl::parse("postgres://root:topsecret@/app").unwrap_err();
+        assert!(err.to_string().contains("names no host"), "{err}");
+        assert!(!format!("{err:?}").contains("topsecret"));
         assert!(DatabaseUrl::parse("  ").is_err());
         assert!(DatabaseUrl::parse("sqlite:").is_err());
     }
