@@ -89,6 +89,111 @@ async fn only_the_right_token_in_the_authorization_header_gets_in() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// The status of one request built by hand (for header bytes `get` cannot express).
+async fn status_of(router: &axum::Router, req: Request<Body>) -> StatusCode {
+    router.clone().oneshot(req).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_whitespace_around_tokens_is_ignored() {
+    let pool = pool("main", Mem::default());
+    // A token read from a file, trailing newline included.
+    let router = Monitoring::new()
+        .token(format!("{TOKEN}\n"))
+        .pool(&pool)
+        .into_router();
+    for value in [
+        format!("Bearer {TOKEN}"),
+        format!("bearer {TOKEN}"),
+        format!("BEARER {TOKEN}"),
+        format!("Bearer   {TOKEN}  "),
+        format!("Bearer\t{TOKEN}"),
+    ] {
+        let (status, _) = get(&router, REPORT, &[("authorization", &value)]).await;
+        assert_eq!(status, StatusCode::OK, "{value:?}");
+    }
+}
+
+#[tokio::test]
+async fn hostile_authorization_headers_get_401_and_never_a_panic() {
+    let pool = pool("main", Mem::default());
+    let router = Monitoring::new().token(TOKEN).pool(&pool).into_router();
+    let bearer = format!("Bearer {TOKEN}");
+    let longer = format!("Bearer {TOKEN}x");
+    let huge = format!("Bearer {}", "a".repeat(64 * 1024));
+    let basic = format!("Basic {TOKEN}");
+    let glued = format!("Bearer{TOKEN}");
+    let cookie = format!("token={TOKEN}");
+    let refused: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (REPORT, vec![("authorization", &longer)]),
+        (REPORT, vec![("authorization", "Bearer")]),
+        (REPORT, vec![("authorization", "Bearer ")]),
+        (REPORT, vec![("authorization", &basic)]),
+        (REPORT, vec![("authorization", &glued)]),
+        (REPORT, vec![("authorization", &huge)]),
+        (REPORT, vec![("cookie", &cookie)]),
+        (
+            "/monitoring/connection-pool?access_token=correct-horse-battery-staple",
+            vec![],
+        ),
+        // Repeated headers, even when each one alone would pass.
+        (
+            REPORT,
+            vec![("authorization", &bearer), ("authorization", &bearer)],
+        ),
+        (
+            REPORT,
+            vec![
+                ("authorization", "Bearer wrong"),
+                ("authorization", &bearer),
+            ],
+        ),
+    ];
+    for (uri, headers) in &refused {
+        let (status, body) = get(&router, uri, headers).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri} {headers:?}");
+        assert_eq!(body["error"], "a valid bearer token is required");
+    }
+    // Bytes outside visible ASCII: the token itself with one byte changed to 0xff, and the
+    // right token followed by a UTF-8 character.
+    let mut changed = bearer.clone().into_bytes();
+    *changed.last_mut().unwrap() = 0xff;
+    let mut trailing = bearer.clone().into_bytes();
+    trailing.extend_from_slice("é".as_bytes());
+    for bytes in [changed, trailing] {
+        let value = http::HeaderValue::from_bytes(&bytes).unwrap();
+        let req = Request::get(REPORT)
+            .header("authorization", value)
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(status_of(&router, req).await, StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn a_64_kib_authorization_header_over_real_http_is_refused() {
+    let pool = pool("main", Mem::default());
+    let router = Monitoring::new().token(TOKEN).pool(&pool).into_router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let huge = format!("Bearer {}", "a".repeat(64 * 1024));
+    let response = common::http_get(addr, REPORT, &[("authorization", &huge)]).await;
+    assert!(
+        response.status == 401 || response.status == 431,
+        "{} {}",
+        response.status,
+        response.body
+    );
+    let ok = common::http_get(
+        addr,
+        REPORT,
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+    )
+    .await;
+    assert_eq!(ok.status, 200, "the server still answers: {}", ok.body);
+}
+
 #[tokio::test]
 async fn without_a_token_the_endpoints_are_off() {
     let pool = pool("main", Mem::default());

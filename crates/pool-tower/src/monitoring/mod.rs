@@ -4,9 +4,11 @@
 //!   recommendations, each with the evidence that triggered it.
 //! - `GET /monitoring/circuit-breakers`: every pool's breaker.
 //!
-//! Requests must carry `Authorization: Bearer <token>`; the token is compared in constant
-//! time and accepted nowhere else (not in the query string, not in another header). With no
-//! token configured the endpoints answer 404: monitoring is off until you choose a token.
+//! Requests must carry exactly one `Authorization: Bearer <token>` header (RFC 6750; the
+//! scheme in any case, whitespace around the token ignored, on the configured token too); the
+//! token is compared in constant time and accepted nowhere else (not in the query string, not
+//! in a cookie, not in another header). With no token configured the endpoints answer 404:
+//! monitoring is off until you choose a token.
 //!
 //! ```no_run
 //! # #[cfg(feature = "axum")] fn demo(pool: pool_core::PostgresPool) {
@@ -64,9 +66,12 @@ impl Monitoring {
         Self::default()
     }
 
-    /// The bearer token clients must send. An empty token turns monitoring off.
+    /// The bearer token clients must send. Surrounding whitespace is trimmed (as it is from
+    /// the presented token), so a token read from a file with a trailing newline works; an
+    /// empty token turns monitoring off.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         let token = token.into();
+        let token = token.trim();
         self.token = (!token.is_empty()).then(|| token.into());
         self
     }
@@ -98,19 +103,26 @@ impl Monitoring {
         self.pools.iter().filter_map(|source| source()).collect()
     }
 
+    /// RFC 7235 / RFC 6750: exactly one `Authorization` header, scheme `Bearer` in any case,
+    /// then the token (surrounding whitespace ignored), compared in constant time. Anything
+    /// else (a second header, non-ASCII bytes, a token in the query string or a cookie) is
+    /// refused.
     fn authorized<B>(&self, req: &Request<B>) -> bool {
         let Some(expected) = &self.token else {
             return false;
         };
-        let Some(given) = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
+        let mut values = req.headers().get_all(AUTHORIZATION).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
             return false;
         };
-        constant_time_eq(given.trim().as_bytes(), expected.as_bytes())
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        let Some((scheme, token)) = value.trim().split_once([' ', '\t']) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case("bearer")
+            && constant_time_eq(token.trim().as_bytes(), expected.as_bytes())
     }
 
     /// Answers one request.
@@ -207,11 +219,15 @@ fn breaker_report(stats: &[PoolStats]) -> serde_json::Value {
 
 /// Compares without an early exit, so the time taken does not reveal how much of a guess
 /// was right. (Only the length can be learned, as with any constant-time comparison.)
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Whether `given` equals `expected`, in a time that depends on their lengths only.
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    // Every byte of `expected` is visited whatever `given` holds, so the time says nothing
+    // about how much of a guess was right.
+    let mut diff = u8::from(given.len() != expected.len());
+    for (i, e) in expected.iter().enumerate() {
+        diff |= given.get(i).copied().unwrap_or(!e) ^ e;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    diff == 0
 }
 
 /// The monitoring API as a tower service (any stack can mount it).
