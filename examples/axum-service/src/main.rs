@@ -179,14 +179,25 @@ async fn serve<S: Store>(
     let mut banner = vec![
         String::new(),
         format!("  axum-service on {} (pool `{}`)", S::name(), pool.name()),
-        format!("  API         {base}/notes   (POST {{\"title\":…}} to create, GET to list, /notes/ID)"),
-        format!("              {base}/slow?ms=500   holds a connection;   {base}/health   no database"),
-        format!("  monitoring  curl -H 'Authorization: Bearer {token}' {base}/monitoring/connection-pool"),
+        format!(
+            "  API         {base}/notes   (POST {{\"title\":…}} to create, GET to list, /notes/ID)"
+        ),
+        format!(
+            "              {base}/slow?ms=500   holds a connection;   {base}/health   no database"
+        ),
     ];
+    // A token the operator chose is never echoed (the banner ends up in logs): the banner says
+    // where it comes from. A generated one exists only here, so it is shown.
     if generated {
+        banner.push(format!("  monitoring  curl -H 'Authorization: Bearer {token}' {base}/monitoring/connection-pool"));
         banner.push(
             "              (token generated for this run; set MONITORING_TOKEN to choose one)"
                 .into(),
+        );
+    } else {
+        banner.push(format!("  monitoring  curl -H \"Authorization: Bearer $MONITORING_TOKEN\" {base}/monitoring/connection-pool"));
+        banner.push(
+            "              (the token is MONITORING_TOKEN's value; it is not printed)".into(),
         );
     }
     banner.push(match &telemetry.exporting_to {

@@ -49,11 +49,16 @@ impl<M: Ping> Health for DbHealth<M> {
             .extensions()
             .get::<Db<M>>()
             .cloned()
-            .ok_or_else(|| Status::internal("the PoolLayer is not installed"))?;
-        let mut conn = db
-            .conn()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .ok_or_else(|| {
+                tracing::error!("no Db in the request: the PoolLayer is not installed");
+                Status::internal("internal error")
+            })?;
+        // The cause (host:port/db, the database's own message) goes to the log; the client
+        // gets a generic status, as it would from the layer's own rejection.
+        let mut conn = db.conn().await.map_err(|e| {
+            tracing::warn!(error = %e, "health check: no database connection");
+            Status::unavailable("the database is unavailable")
+        })?;
         let status = if M::ping(&mut conn).await {
             ServingStatus::Serving
         } else {
