@@ -230,6 +230,7 @@ impl<M: ManageConnection> PoolBuilder<M> {
         &self.config
     }
 
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub(crate) fn require_url(&self, kind: crate::BackendKind) -> Result<DatabaseUrl, BuildError> {
         self.check()?;
         match &self.config.database_url {

@@ -74,7 +74,8 @@ impl PoolConfig {
             problems: Vec::new(),
         };
 
-        let url = reader.raw("DATABASE_URL").and_then(|text| {
+        // Untrimmed: DatabaseUrl::parse knows where whitespace is part of the DSN.
+        let url = reader.raw_untrimmed("DATABASE_URL").and_then(|text| {
             DatabaseUrl::parse(&text)
                 .map_err(|e| reader.problems.push(ConfigProblem::url("DATABASE_URL", &e)))
                 .ok()
@@ -147,8 +148,12 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// The variable's text; an empty or blank value is a problem of its own.
+    /// The variable's text, trimmed; an empty or blank value is a problem of its own.
     fn raw(&mut self, key: &str) -> Option<String> {
+        self.raw_untrimmed(key).map(|value| value.trim().to_owned())
+    }
+
+    fn raw_untrimmed(&mut self, key: &str) -> Option<String> {
         let value = (self.lookup)(key)?;
         if value.trim().is_empty() {
             // Not shown: for DATABASE_URL it could be a password made of spaces.
@@ -160,7 +165,7 @@ impl Reader<'_> {
             ));
             return None;
         }
-        Some(value.trim().to_owned())
+        Some(value)
     }
 
     fn fail(&mut self, key: &str, value: &str, problem: &str, expected: &str) {

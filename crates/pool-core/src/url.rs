@@ -128,10 +128,19 @@ impl DatabaseUrl {
     /// [`UrlError`] when the text is empty, has an unknown scheme, is rejected by the driver,
     /// names no host, or (PostgreSQL without the `postgres` feature) cannot be parsed here.
     pub fn parse(text: &str) -> Result<Self, UrlError> {
-        let text = text.trim();
+        // Whitespace around a URL is never part of it (a trailing newline from a file). In
+        // key=value form the driver skips it itself, and trimming there could change the
+        // meaning: `password=secret\ ` ends with an escaped space.
+        let text = text.trim_start();
         if text.is_empty() {
             return Err(UrlError::new("the database URL is empty", DSN_FORMS));
         }
+        let text =
+            if url_scheme(text).is_some() || strip_prefix_ignore_case(text, "sqlite:").is_some() {
+                text.trim_end()
+            } else {
+                text
+            };
         if let Some(path) = strip_prefix_ignore_case(text, "sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
@@ -313,28 +322,42 @@ mod postgres {
         "load_balance_hosts",
     ];
 
-    /// The driver's reason, with any quoted name that is not one of its options hidden.
+    /// The driver's reason, when it is one of the messages known to quote nothing but a
+    /// single character or one of the driver's own option names. An unknown "option" may be
+    /// a piece of an unquoted password, so its name is never shown.
     pub(super) fn describe_parse_error(error: &tokio_postgres::Error) -> String {
         let Some(source) = error.source() else {
             return error.to_string();
         };
         let text = source.to_string();
-        let mut out = String::with_capacity(text.len());
-        for (i, piece) in text.split('`').enumerate() {
-            if i > 0 {
-                out.push('`');
-            }
-            // Odd pieces sit between backticks.
-            if i % 2 == 1 && piece.chars().count() > 1 && !KNOWN_OPTIONS.contains(&piece) {
-                out.push('…');
-            } else {
-                out.push_str(piece);
-            }
-        }
         if text.starts_with("unknown option") {
-            out.push_str(" (a value with spaces or quotes must be quoted: password='a b')");
+            return "unknown option `…` (a value with spaces or quotes must be quoted: \
+                    password='a b')"
+                .to_owned();
         }
-        out
+        if let Some(name) = text
+            .strip_prefix("invalid value for option `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            return if KNOWN_OPTIONS.contains(&name) {
+                text
+            } else {
+                "invalid value for an option".to_owned()
+            };
+        }
+        const FIXED: &[&str] = &[
+            "unexpected EOF",
+            "unterminated quoted connection parameter value",
+            "unterminated parameter",
+            "unexpected character at byte ",
+            "invalid utf-8 sequence",
+            "incomplete utf-8 byte sequence",
+        ];
+        if FIXED.iter().any(|fixed| text.starts_with(fixed)) {
+            text
+        } else {
+            error.to_string()
+        }
     }
 
     /// Refuses what the driver accepts but cannot mean: no host, or a URL whose password held
