@@ -35,8 +35,15 @@ use crate::url::DatabaseUrl;
 ///     .database_url("sqlite::memory:")
 ///     .build_sqlite()
 ///     .unwrap_err();
-/// assert!(err.to_string().contains("DB_POOL_SIZE"));
-/// assert!(err.to_string().contains("DB_POOL_TIMEOUT"));
+/// let text = err.to_string();
+/// let mut lines = text.lines();
+/// assert_eq!(lines.next(), Some("invalid pool configuration (2 problems):"));
+/// assert_eq!(
+///     lines.next(),
+///     Some("  DB_POOL_SIZE=\"0 (with DB_MAX_OVERFLOW = 0)\": a pool of no connections; \
+///           expected base size + overflow of at least 1")
+/// );
+/// assert!(lines.next().unwrap().starts_with("  DB_POOL_TIMEOUT=\"0s\": zero; expected "));
 /// # }
 /// ```
 pub struct PoolBuilder<M: ManageConnection> {
