@@ -99,10 +99,15 @@ no_sdk_in_libraries() {
       echo "$crate depends on the OpenTelemetry SDK or exporter in normal dependencies"
       ok=1
     fi
+    # Test-only crates stay out of what users build.
+    if cargo tree -e normal -p "$crate" --all-features --prefix none | grep -E '^(proptest|tracing-subscriber|tower-test|criterion) '; then
+      echo "$crate has a test-only crate among its normal dependencies"
+      ok=1
+    fi
   done
   return $ok
 }
-step "libraries depend on the OpenTelemetry API only" no_sdk_in_libraries
+step "libraries depend on the OpenTelemetry API only (and on no test-only crate)" no_sdk_in_libraries
 
 step "cargo test" cargo test --workspace --all-features
 # Every benchmark once, as a test, against the libraries as applications build them (the
