@@ -175,6 +175,7 @@ impl DatabaseUrl {
 
     #[cfg(feature = "postgres")]
     fn parse_postgres(text: &str) -> Result<Self, UrlError> {
+        postgres::check_at_signs(text)?;
         let config: tokio_postgres::Config = text.parse().map_err(|e| {
             UrlError::new(
                 format!(
@@ -184,7 +185,7 @@ impl DatabaseUrl {
                 DSN_FORMS,
             )
         })?;
-        postgres::check(text, &config)?;
+        postgres::check(&config)?;
         Ok(DatabaseUrl {
             raw: text.into(),
             redacted: postgres::redacted(&config).into(),
@@ -327,7 +328,7 @@ mod postgres {
     /// a piece of an unquoted password, so its name is never shown.
     pub(super) fn describe_parse_error(error: &tokio_postgres::Error) -> String {
         let Some(source) = error.source() else {
-            return error.to_string();
+            return "the driver gave no reason".to_owned();
         };
         let text = source.to_string();
         if text.starts_with("unknown option") {
@@ -345,42 +346,74 @@ mod postgres {
                 "invalid value for an option".to_owned()
             };
         }
+        if text.starts_with("unexpected character") {
+            // The driver names the character and its offset: a piece of the password.
+            return "unexpected character (a value with spaces or quotes must be quoted: \
+                    password='a b')"
+                .to_owned();
+        }
         const FIXED: &[&str] = &[
             "unexpected EOF",
             "unterminated quoted connection parameter value",
             "unterminated parameter",
-            "unexpected character at byte ",
             "invalid utf-8 sequence",
             "incomplete utf-8 byte sequence",
         ];
         if FIXED.iter().any(|fixed| text.starts_with(fixed)) {
             text
         } else {
-            error.to_string()
+            // A reason this code does not know may quote the DSN: it is not shown.
+            "the driver's reason is not shown, as it may quote the connection string".to_owned()
         }
     }
 
-    /// Refuses what the driver accepts but cannot mean: no host, or a URL whose password held
-    /// a raw `@` (the driver ends the credentials at the first `@`, so the rest of the
-    /// password would become the host and the database name).
-    pub(super) fn check(text: &str, config: &Config) -> Result<(), UrlError> {
-        if let Some(rest) = ["postgres://", "postgresql://"]
+    /// Refuses URLs whose `@` the driver would read differently from what they mean. The
+    /// driver ends the user and password at the first `@` anywhere in the text, so:
+    ///
+    /// - a second `@` means one came from the password (or from a parameter's value) and the
+    ///   rest of the password would become the host or the database;
+    /// - a user part holding `/` or `?`, or credentials holding `?name=` for one of the
+    ///   driver's options, mean the first `@` sat in a path or a parameter and everything
+    ///   before it (a query-string password among it) would become the user name.
+    ///
+    /// These read the text only to find where the driver's own rule would misfire; what is
+    /// printed of a DSN comes from the driver's parse.
+    pub(super) fn check_at_signs(text: &str) -> Result<(), UrlError> {
+        let Some(rest) = ["postgres://", "postgresql://"]
             .iter()
             .find_map(|p| text.strip_prefix(p))
-        {
-            // The driver's order: credentials up to the first `@`, then host and path up to
-            // the first `?`. Another `@` in host or path came from the password.
-            let after_credentials = rest.split_once('@').map(|(_, tail)| tail);
-            let raw_at = after_credentials
-                .map(|tail| tail.split_once('?').map_or(tail, |(head, _)| head))
-                .is_some_and(|host_and_path| host_and_path.contains('@'));
-            if raw_at {
-                return Err(UrlError::new(
-                    "an `@` after the user and password (the driver ends them at the first `@`)",
-                    "an `@` in the password percent-encoded as %40",
-                ));
-            }
+        else {
+            return Ok(());
+        };
+        let Some((credentials, after)) = rest.split_once('@') else {
+            return Ok(());
+        };
+        if after.contains('@') {
+            return Err(UrlError::new(
+                "more than one `@` (the driver ends the user and password at the first `@`)",
+                "every `@` in the password, or in a parameter's value, percent-encoded as %40",
+            ));
         }
+        let user = credentials.split_once(':').map_or(credentials, |(u, _)| u);
+        let option_in_credentials = credentials.split_once('?').is_some_and(|(_, query)| {
+            query.split('&').any(|pair| {
+                pair.split_once('=')
+                    .is_some_and(|(key, _)| KNOWN_OPTIONS.contains(&key))
+            })
+        });
+        if user.contains(['/', '?']) || option_in_credentials {
+            return Err(UrlError::new(
+                "an `@` after the host, path or parameters (the driver would read everything \
+                 before it as the user and password)",
+                "an `@` in a parameter's value (a query-string password) percent-encoded as %40",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses what the driver accepts but cannot connect with: no host, or host, hostaddr
+    /// and port lists of different lengths (the driver would say so only when connecting).
+    pub(super) fn check(config: &Config) -> Result<(), UrlError> {
         if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
             return Err(UrlError::new(
                 "the PostgreSQL connection string names no host",
@@ -421,11 +454,13 @@ mod postgres {
             }
             match config.get_hosts().get(i) {
                 Some(Host::Tcp(name)) if name.contains(':') => {
-                    let _ = write!(out, "[{name}]");
+                    out.push('[');
+                    push_printable(&mut out, name);
+                    out.push(']');
                 }
-                Some(Host::Tcp(name)) => out.push_str(name),
+                Some(Host::Tcp(name)) => push_printable(&mut out, name),
                 #[cfg(unix)]
-                Some(Host::Unix(path)) => out.push_str(&path.to_string_lossy()),
+                Some(Host::Unix(path)) => push_printable(&mut out, &path.to_string_lossy()),
                 None => match config.get_hostaddrs().get(i) {
                     Some(std::net::IpAddr::V6(addr)) => {
                         let _ = write!(out, "[{addr}]");
@@ -452,16 +487,28 @@ mod postgres {
         let mut name = hosts(config);
         if let Some(db) = database(config) {
             name.push('/');
-            name.push_str(db);
+            push_printable(&mut name, db);
         }
         name
+    }
+
+    /// `text` with control characters escaped (`\n`, `\u{7}`): a decoded `%0A` in a
+    /// database name must not start a new log line or break a metric label.
+    fn push_printable(out: &mut String, text: &str) {
+        for c in text.chars() {
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
     }
 
     pub(super) fn redacted(config: &Config) -> String {
         let mut out = String::from("postgres://");
         let user = config.get_user();
         if let Some(user) = user {
-            out.push_str(user);
+            push_printable(&mut out, user);
         }
         if config.get_password().is_some() {
             out.push_str(":***");
@@ -472,7 +519,7 @@ mod postgres {
         out.push_str(&hosts(config));
         if let Some(db) = config.get_dbname() {
             out.push('/');
-            out.push_str(db);
+            push_printable(&mut out, db);
         }
         out
     }
@@ -547,6 +594,38 @@ mod tests {
     }
 
     #[test]
+    fn an_at_sign_the_driver_would_misread_is_refused_without_showing_any_of_it() {
+        for text in [
+            // A query-string password with a raw `@`: the driver would take everything
+            // before it as the user name, and the rest as the host.
+            "postgres://db.internal/orders?user=app&password=S3cr@tPass",
+            "postgres://db:5432/orders?password=ab@cdefgh",
+            "postgres://app:ab@cdef?application_name=x@db/app",
+            "postgres://app:p@ss:w0rd@db/app",
+        ] {
+            let err = DatabaseUrl::parse(text).unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(shown.contains("%40"), "{text}: {shown}");
+            for piece in ["S3cr", "tPass", "cdef", "w0rd", "orders"] {
+                assert!(!shown.contains(piece), "{text}: {shown}");
+            }
+        }
+        // A raw `?` in a password, with no option name after it, is the password's.
+        let url = DatabaseUrl::parse("postgres://app:pa?ss=1@db/app").unwrap();
+        assert_eq!(
+            url.postgres_config().unwrap().get_password(),
+            Some(&b"pa?ss=1"[..])
+        );
+    }
+
+    #[test]
+    fn control_characters_in_decoded_names_are_escaped() {
+        let url = DatabaseUrl::parse("postgres://u%0Aforged@db/ord%0Aers").unwrap();
+        assert_eq!(url.default_pool_name(), "db:5432/ord\\ners");
+        assert_eq!(url.redacted(), "postgres://u\\nforged@db:5432/ord\\ners");
+    }
+
+    #[test]
     fn a_raw_at_sign_in_a_url_password_is_refused_without_showing_any_of_it() {
         let err = DatabaseUrl::parse("postgres://app:p@ssw0rd@db/app").unwrap_err();
         let text = format!("{err} {err:?}");
@@ -600,6 +679,11 @@ mod tests {
     fn driver_rejections_show_no_part_of_the_text() {
         for (text, reason) in [
             ("host=db password=sec ret", "unexpected EOF"),
+            (
+                "host=db password=se cr et",
+                "unexpected character (a value with spaces or quotes must be quoted: \
+                 password='a b')",
+            ),
             (
                 "host=db password=sec retz=1",
                 "unknown option `…` (a value with spaces or quotes must be quoted: \
