@@ -281,7 +281,7 @@ impl PoolConfig {
                 !value.is_zero() && value <= MAX_TIMEOUT,
                 setting,
                 secs(value),
-                duration_problem(value, MAX_TIMEOUT),
+                &duration_problem(value, MAX_TIMEOUT),
                 DURATION_RANGE,
             );
         }
@@ -295,8 +295,8 @@ impl PoolConfig {
                     !value.is_zero() && value <= MAX_LIFETIME,
                     setting,
                     secs(value),
-                    duration_problem(value, MAX_LIFETIME),
-                    "a duration above 0 and at most 30 days, or None (off)",
+                    &duration_problem(value, MAX_LIFETIME),
+                    "a duration above 0 and at most 30 days, or off",
                 );
             }
         }
@@ -374,7 +374,7 @@ impl PoolConfig {
                     && name.chars().count() <= 128
                     && !name.chars().any(char::is_control),
                 Setting::Name,
-                name.clone(),
+                shorten(name),
                 problem,
                 "1 to 128 printable characters",
             );
@@ -383,13 +383,27 @@ impl PoolConfig {
 }
 
 /// What is wrong with a duration outside `(0, max]`.
-pub(crate) fn duration_problem(value: Duration, max: Duration) -> &'static str {
+pub(crate) fn duration_problem(value: Duration, max: Duration) -> String {
     if value.is_zero() {
-        "zero"
-    } else if max == MAX_TIMEOUT {
-        "longer than 1 day"
+        return "zero".to_owned();
+    }
+    let days = max.as_secs() / 86_400;
+    match days {
+        1 => "longer than 1 day".to_owned(),
+        n if n > 1 && max.as_secs().is_multiple_of(86_400) => format!("longer than {n} days"),
+        _ => format!("longer than {} s", max.as_secs_f64()),
+    }
+}
+
+/// At most 64 characters of a value, for messages.
+pub(crate) fn shorten(value: &str) -> String {
+    const MAX: usize = 64;
+    if value.chars().count() <= MAX {
+        value.to_owned()
     } else {
-        "longer than 30 days"
+        let mut s: String = value.chars().take(MAX).collect();
+        s.push('…');
+        s
     }
 }
 
@@ -472,6 +486,7 @@ impl Setting {
 ///
 /// Displays as `DB_POOL_TIMEOUT="-1": a negative duration; expected a duration above 0 …`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConfigProblem {
     /// The environment variable (or field) at fault, e.g. `DB_POOL_SIZE`.
     pub setting: String,

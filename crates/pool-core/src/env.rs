@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use crate::config::{
-    duration_problem, fraction_problem, ConfigError, ConfigProblem, PoolConfig, Profile, Setting,
-    DURATION_RANGE, FRACTION_RANGE, MAX_LIFETIME, MAX_POOL_SIZE, MAX_THRESHOLD, MAX_TIMEOUT,
-    SIZE_RANGE, THRESHOLD_RANGE,
+    duration_problem, fraction_problem, shorten, ConfigError, ConfigProblem, PoolConfig, Profile,
+    Setting, DURATION_RANGE, FRACTION_RANGE, MAX_LIFETIME, MAX_POOL_SIZE, MAX_THRESHOLD,
+    MAX_TIMEOUT, SIZE_RANGE, THRESHOLD_RANGE,
 };
 use crate::url::{BackendKind, DatabaseUrl};
 
@@ -189,7 +189,7 @@ impl Reader<'_> {
                     "DB_POOL_PROFILE",
                     &value,
                     "not a profile",
-                    "production (or prod) or development (or dev)",
+                    "production (or prod) or development (or dev, test, testing, local)",
                 );
                 Profile::Development
             });
@@ -200,7 +200,7 @@ impl Reader<'_> {
             return Profile::Development;
         }
         profile_named(app_env).unwrap_or_else(|| {
-            tracing::info!(
+            tracing::warn!(
                 app_env = %shorten(app_env),
                 "APP_ENV names no pool profile; using the development defaults (set \
                  DB_POOL_PROFILE=production or development to choose)"
@@ -248,7 +248,7 @@ impl Reader<'_> {
         let Some(text) = self.raw(key) else { return };
         match parse_duration(&text) {
             Ok(d) if !d.is_zero() && d <= max => *out = d,
-            Ok(d) => self.fail(key, &text, duration_problem(d, max), DURATION_RANGE),
+            Ok(d) => self.fail(key, &text, &duration_problem(d, max), DURATION_RANGE),
             Err(problem) => self.fail(key, &text, &problem, DURATION_RANGE),
         }
     }
@@ -272,7 +272,7 @@ impl Reader<'_> {
         };
         match parse_duration(&text) {
             Ok(d) if !d.is_zero() && d <= MAX_LIFETIME => *out = Some(d),
-            Ok(d) => self.fail(key, &text, duration_problem(d, MAX_LIFETIME), expected),
+            Ok(d) => self.fail(key, &text, &duration_problem(d, MAX_LIFETIME), expected),
             Err(problem) => self.fail(key, &text, &problem, expected),
         }
     }
@@ -305,7 +305,7 @@ impl Reader<'_> {
 fn profile_named(value: &str) -> Option<Profile> {
     match value.to_ascii_lowercase().as_str() {
         "production" | "prod" => Some(Profile::Production),
-        "development" | "dev" => Some(Profile::Development),
+        "development" | "dev" | "test" | "testing" | "local" => Some(Profile::Development),
         _ => None,
     }
 }
@@ -322,21 +322,8 @@ fn whole_number_problem(text: &str) -> &'static str {
     }
 }
 
-fn shorten(value: &str) -> String {
-    const MAX: usize = 64;
-    if value.chars().count() <= MAX {
-        value.to_owned()
-    } else {
-        let mut s: String = value.chars().take(MAX).collect();
-        s.push('…');
-        s
-    }
-}
-
 /// Parses a duration: plain seconds as the seed writes them (`15`, `30.0`, `2.5`), or
 /// [`humantime`]'s units, alone or compound (`500ms`, `2m`, `2m30s`, `1h 5m`, `1.5h`).
-///
-/// Units are case sensitive as humantime reads them: `m` is minutes, `M` months.
 ///
 /// ```
 /// use std::time::Duration;
@@ -352,6 +339,9 @@ fn shorten(value: &str) -> String {
 ///
 /// What is wrong, in a few words: `a negative duration`, `unknown unit "x"`, `too long to
 /// represent`, `not a number of seconds or a duration`.
+///
+/// humantime's units are case sensitive: `m` is minutes, `M` months, and `S` or `MS` are not
+/// units.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
@@ -367,7 +357,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Duration::try_from_secs_f64(seconds).map_err(|_| "too long to represent".into());
     }
     humantime::parse_duration(text).map_err(|e| match e {
+        humantime::DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
+            "a number without a unit after one with a unit".to_owned()
+        }
         humantime::DurationError::UnknownUnit { unit, .. } => format!("unknown unit {unit:?}"),
+        // humantime reports a fraction finer than a nanosecond as an overflow too.
+        humantime::DurationError::NumberOverflow if text.contains('.') => {
+            "too long, or finer than a nanosecond, to represent".to_owned()
+        }
         humantime::DurationError::NumberOverflow => "too long to represent".to_owned(),
         _ => "not a number of seconds or a duration".to_owned(),
     })
@@ -408,6 +405,14 @@ mod tests {
             "not a number of seconds or a duration"
         );
         assert_eq!(parse_duration("inf").unwrap_err(), "not a finite number");
+        assert_eq!(
+            parse_duration("1h 30").unwrap_err(),
+            "a number without a unit after one with a unit"
+        );
+        assert_eq!(
+            parse_duration("1.5ns").unwrap_err(),
+            "too long, or finer than a nanosecond, to represent"
+        );
         assert_eq!(
             parse_duration("1e300").unwrap_err(),
             "too long to represent"
@@ -468,10 +473,40 @@ mod tests {
         }
     }
 
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn an_unknown_app_env_selects_the_default_profile_but_db_pool_profile_is_strict() {
-        let c = config(&[PG, ("APP_ENV", "staging")]).unwrap();
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish();
+        let c = tracing::subscriber::with_default(subscriber, || {
+            config(&[PG, ("APP_ENV", "staging")]).unwrap()
+        });
         assert_eq!(c.profile, Profile::Development);
+        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logged.contains("WARN")
+                && logged.contains("APP_ENV names no pool profile; using the development defaults")
+                && logged.contains("app_env=staging"),
+            "{logged}"
+        );
         let c = config(&[PG, ("APP_ENV", "")]).unwrap();
         assert_eq!(c.profile, Profile::Development);
         let c = config(&[PG, ("APP_ENV", "Prod")]).unwrap();
@@ -485,7 +520,7 @@ mod tests {
         assert_eq!(
             err.problems()[0].to_string(),
             "DB_POOL_PROFILE=\"staging\": not a profile; expected production (or prod) or \
-             development (or dev)"
+             development (or dev, test, testing, local)"
         );
     }
 
