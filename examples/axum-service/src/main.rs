@@ -99,7 +99,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let telemetry = telemetry::init("axum-service")?;
     let instruments = PoolTelemetry::new(&opentelemetry::global::meter("axum-service"));
     let (token, generated) = match std::env::var("MONITORING_TOKEN") {
-        Ok(t) if !t.is_empty() => (t, false),
+        Ok(t) if !t.trim().is_empty() => (t, false),
         _ => (random_token()?, true),
     };
     let host = std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".into());

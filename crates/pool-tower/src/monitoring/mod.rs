@@ -69,9 +69,20 @@ impl Monitoring {
     /// The bearer token clients must send. Surrounding whitespace is trimmed (as it is from
     /// the presented token), so a token read from a file with a trailing newline works; an
     /// empty token turns monitoring off.
+    ///
+    /// A token with characters outside visible ASCII could never be sent in a header (RFC
+    /// 6750's token68), so it turns monitoring off too, with an error in the log.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         let token = token.into();
         let token = token.trim();
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            tracing::error!(
+                "the monitoring token holds characters no Authorization header can carry \
+                 (spaces, control characters or non-ASCII); monitoring is off"
+            );
+            self.token = None;
+            return self;
+        }
         self.token = (!token.is_empty()).then(|| token.into());
         self
     }
@@ -217,9 +228,8 @@ fn breaker_report(stats: &[PoolStats]) -> serde_json::Value {
     json!({ "breakers": breakers })
 }
 
-/// Compares without an early exit, so the time taken does not reveal how much of a guess
-/// was right. (Only the length can be learned, as with any constant-time comparison.)
-/// Whether `given` equals `expected`, in a time that depends on their lengths only.
+/// Whether `given` equals `expected`, in a time that depends on the expected length only:
+/// no early exit, so the time taken does not reveal how much of a guess was right.
 fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
     // Every byte of `expected` is visited whatever `given` holds, so the time says nothing
     // about how much of a guess was right.
@@ -227,7 +237,8 @@ fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
     for (i, e) in expected.iter().enumerate() {
         diff |= given.get(i).copied().unwrap_or(!e) ^ e;
     }
-    diff == 0
+    // Keeps the optimizer from turning the loop back into an early exit.
+    std::hint::black_box(diff) == 0
 }
 
 /// The monitoring API as a tower service (any stack can mount it).
