@@ -203,6 +203,9 @@ async fn without_a_token_the_endpoints_are_off() {
     let (status, _) = get(&router, REPORT, &[("authorization", "Bearer ")]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(!format!("{:?}", Monitoring::new().token(TOKEN)).contains(TOKEN));
+    assert!(!Monitoring::new().token(" \n").is_enabled());
+    assert!(!Monitoring::new().token("tök-en").is_enabled());
+    assert!(!Monitoring::new().token("two words").is_enabled());
 }
 
 #[tokio::test]

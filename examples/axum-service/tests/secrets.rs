@@ -114,10 +114,21 @@ struct Demo {
 }
 
 impl Demo {
+    /// The demo on `dsn`, or on its embedded SQLite default.
     fn start(dsn: &str) -> Demo {
-        let tmp = std::env::temp_dir();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_axum-service"))
-            .env("DATABASE_URL", dsn)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_axum-service"));
+        if dsn.is_empty() {
+            command.env_remove("DATABASE_URL");
+        } else {
+            command.env("DATABASE_URL", dsn);
+        }
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Demo {
+        let tmp = std::env::temp_dir().join(format!("axum-service-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let mut child = command
             .env("PORT", "0")
             .env("TMPDIR", tmp)
             .env("MONITORING_TOKEN", OPERATOR_TOKEN)
@@ -234,13 +245,36 @@ async fn against_a_closed_port_the_demo_refuses_to_start_and_shows_no_password()
     }
 }
 
+/// On the embedded default (no server needed): an operator's token is never printed.
+#[tokio::test]
+async fn the_banner_never_echoes_the_operators_monitoring_token() {
+    let mut demo = Demo::start("");
+    let banner = tokio::time::timeout(Duration::from_secs(60), &mut demo.banner)
+        .await
+        .expect("a banner within 60 s");
+    let Ok(banner) = banner else {
+        panic!("the demo exited before its banner: {}", demo.stop().await);
+    };
+    assert!(banner.contains("SQLite"), "{banner}");
+    assert!(banner.contains("$MONITORING_TOKEN"), "{banner}");
+    let output = demo.stop().await;
+    assert!(!output.contains(OPERATOR_TOKEN), "{output}");
+    for piece in OPERATOR_TOKEN.as_bytes().windows(6) {
+        let piece = std::str::from_utf8(piece).unwrap();
+        assert!(
+            !output.contains(piece),
+            "`{piece}` of the token in: {output}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_raw_at_sign_in_a_url_password_is_refused_with_advice() {
     let demo = Demo::start("postgres://app:Zq@9x#Kw/v@127.0.0.1:1/orders");
     let (status, output) = demo.exit().await;
     assert!(!status.success());
     assert!(
-        output.contains("DATABASE_URL: an `@` after the user and password"),
+        output.contains("DATABASE_URL: more than one `@`"),
         "{output}"
     );
     assert!(output.contains("%40"), "{output}");
