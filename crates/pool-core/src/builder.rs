@@ -176,7 +176,27 @@ impl<M: ManageConnection> PoolBuilder<M> {
         self
     }
 
-    /// Close connections idle this long. Defaults to `None`.
+    /// Limit for one validation (pre-ping or health probe); a connection whose validation
+    /// times out is closed. Defaults to 3 s.
+    pub fn validation_timeout(mut self, d: Duration) -> Self {
+        self.config.validation_timeout = d;
+        self
+    }
+
+    /// TCP keepalive idle time for PostgreSQL connections (`None`: off). Defaults to 10 s.
+    pub fn tcp_keepalive(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.config.tcp_keepalive = d.into();
+        self
+    }
+
+    /// TCP user timeout for PostgreSQL connections (`None`: the system's). Defaults to 10 s.
+    pub fn tcp_user_timeout(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.config.tcp_user_timeout = d.into();
+        self
+    }
+
+    /// Close connections above the base once idle this long (`None`: never). Defaults to
+    /// 60 s.
     pub fn idle_timeout(mut self, d: impl Into<Option<Duration>>) -> Self {
         self.config.idle_timeout = d.into();
         self
@@ -295,12 +315,14 @@ impl<M: ManageConnection> PoolBuilder<M> {
         // enforced with jitter on checkout and return and by the monitor's idle walk, not by
         // bb8 (whose unjittered check reads the OS clock on every return). Validation runs in
         // our checkout (it already knows the time), not in bb8's `test_on_check_out`. No
-        // `min_idle`: the base is kept by total count (`top_up`), as SQLAlchemy does.
+        // `min_idle`: the base is kept by total count (`top_up`), as SQLAlchemy does. No bb8
+        // idle timeout either: its reaper would close the base too; the pool's own reaper
+        // closes only connections above the base.
         let bb8 = bb8::Pool::builder()
             .max_size(config.max_size())
             .connection_timeout(config.checkout_timeout)
             .max_lifetime(None)
-            .idle_timeout(config.idle_timeout)
+            .idle_timeout(None)
             .test_on_check_out(false)
             .retry_connection(true)
             .queue_strategy(bb8::QueueStrategy::Fifo)

@@ -98,8 +98,8 @@ pub struct PoolConfig {
     pub name: Option<String>,
     /// Connections kept open and idle (`DB_POOL_SIZE`).
     pub base_size: u32,
-    /// Connections allowed above `base_size`; they are closed when returned while
-    /// `base_size` connections are already idle (`DB_MAX_OVERFLOW`).
+    /// Connections allowed above `base_size`; they are closed once idle for the idle timeout
+    /// (`DB_MAX_OVERFLOW`).
     pub max_overflow: u32,
     /// How long a checkout waits in the queue (`DB_POOL_TIMEOUT`).
     pub checkout_timeout: Duration,
@@ -122,9 +122,26 @@ pub struct PoolConfig {
     /// alive-bypass window), so a busy pool pays no round trip per checkout. Defaults to
     /// 500 ms; `Duration::ZERO` pings on every checkout.
     pub validation_bypass: Duration,
-    /// Close connections idle this long; the pool re-opens up to `base_size`
-    /// (`DB_POOL_IDLE_TIMEOUT`). Defaults to `None`. Enforced by bb8's reaper, on the
-    /// standard clock (paused tokio time does not move it).
+    /// Limit for one validation: the pre-ping on checkout and the monitor's health probe
+    /// (`DB_POOL_VALIDATION_TIMEOUT`). A connection whose validation times out, or whose
+    /// checkout is abandoned while it is being validated, is closed (counted as `invalid`),
+    /// never put back. Defaults to 3 s.
+    pub validation_timeout: Duration,
+    /// TCP keepalive for PostgreSQL connections: idle time before the first probe, then
+    /// probes every half of it, three at most (`DB_POOL_TCP_KEEPALIVE`; `0` or `off` leaves
+    /// keepalives off). A DSN's own `keepalives_idle` wins. Defaults to 10 s.
+    pub tcp_keepalive: Option<Duration>,
+    /// TCP user timeout for PostgreSQL connections (Linux `TCP_USER_TIMEOUT`): how long sent
+    /// data may stay unacknowledged before the kernel gives up on the peer
+    /// (`DB_POOL_TCP_USER_TIMEOUT`; `0` or `off` for the system's default). A DSN's own
+    /// `tcp_user_timeout` wins. Defaults to 10 s.
+    pub tcp_user_timeout: Option<Duration>,
+    /// How long a connection above `base_size` may sit idle before it is closed
+    /// (`DB_POOL_IDLE_TIMEOUT`; `0` or `off`: never). Overflow connections are not closed the
+    /// moment they come back, so steady load between the base and the maximum does not open
+    /// and close a connection per request; at rest the pool shrinks to its base within this
+    /// timeout plus a quarter of it (at most 5 s more). The base itself is kept. Defaults to
+    /// 60 s.
     pub idle_timeout: Option<Duration>,
     /// Warn when a connection is held longer than this (`DB_POOL_LEAK_THRESHOLD`).
     /// Defaults to `None` (off).
@@ -155,7 +172,10 @@ impl PoolConfig {
             health_interval: Duration::from_secs(60),
             pre_ping: true,
             validation_bypass: Duration::from_millis(500),
-            idle_timeout: None,
+            validation_timeout: Duration::from_secs(3),
+            tcp_keepalive: Some(Duration::from_secs(10)),
+            tcp_user_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(60)),
             leak_threshold: None,
             warn_utilization: 0.80,
             critical_utilization: 0.95,
@@ -276,6 +296,7 @@ impl PoolConfig {
             (Setting::HealthInterval, self.health_interval),
             (Setting::BreakerRecovery, self.breaker.recovery_timeout),
             (Setting::BreakerTimeout, self.breaker.operation_timeout),
+            (Setting::ValidationTimeout, self.validation_timeout),
         ] {
             check(
                 !value.is_zero() && value <= MAX_TIMEOUT,
@@ -289,6 +310,8 @@ impl PoolConfig {
             (Setting::Recycle, self.max_lifetime),
             (Setting::IdleTimeout, self.idle_timeout),
             (Setting::LeakThreshold, self.leak_threshold),
+            (Setting::TcpKeepalive, self.tcp_keepalive),
+            (Setting::TcpUserTimeout, self.tcp_user_timeout),
         ] {
             if let Some(value) = value {
                 check(
@@ -456,6 +479,9 @@ pub(crate) enum Setting {
     BreakerProbes,
     Name,
     ValidationBypass,
+    ValidationTimeout,
+    TcpKeepalive,
+    TcpUserTimeout,
 }
 
 impl Setting {
@@ -478,6 +504,9 @@ impl Setting {
             Setting::BreakerProbes => "half_open_max_probes",
             Setting::Name => "DB_POOL_NAME",
             Setting::ValidationBypass => "validation_bypass",
+            Setting::ValidationTimeout => "DB_POOL_VALIDATION_TIMEOUT",
+            Setting::TcpKeepalive => "DB_POOL_TCP_KEEPALIVE",
+            Setting::TcpUserTimeout => "DB_POOL_TCP_USER_TIMEOUT",
         }
     }
 }

@@ -239,25 +239,33 @@ impl<M: ManageConnection> Managed<M> {
         }
     }
 
+    /// Pings `conn` within the validation timeout.
+    ///
+    /// Cancellation safety: the connection is condemned before the ping starts and pardoned
+    /// only when it succeeds, so a checkout dropped mid-ping (its caller gave up) leaves a
+    /// connection in an unknown state that is closed when bb8 takes it back, never reused.
     pub(crate) async fn ping(&self, conn: &mut Tracked<M::Connection>) -> bool {
-        match self.inner.is_valid(&mut conn.conn).await {
-            Ok(()) => {
+        let previous = conn.meta.close.replace(CloseReason::Invalid);
+        let limit = self.shared.config.validation_timeout;
+        let text = match tokio::time::timeout(limit, self.inner.is_valid(&mut conn.conn)).await {
+            Ok(Ok(())) => {
+                conn.meta.close = previous;
                 conn.meta.last_used = self.shared.clock.now();
                 self.shared.record_success();
-                true
+                return true;
             }
-            Err(e) => {
-                let text = self.condemn_invalid(conn, &(self.describe)(&e));
-                tracing::debug!(pool = %self.shared.name, error = %text, "pre-ping failed; connection replaced");
-                false
-            }
-        }
+            Ok(Err(e)) => (self.describe)(&e),
+            Err(_) => format!("validation timed out after {}ms", limit.as_millis()),
+        };
+        let text = self.condemn_invalid(conn, &text);
+        tracing::debug!(pool = %self.shared.name, error = %text, "validation failed; connection replaced");
+        false
     }
 
     /// A validation failed (`text` says how): the connection is closed on return, the text
     /// (passwords hidden) becomes the last error, and the breaker hears of it. Returns the
     /// stored text.
-    pub(crate) fn condemn_invalid(&self, conn: &mut Tracked<M::Connection>, text: &str) -> String {
+    fn condemn_invalid(&self, conn: &mut Tracked<M::Connection>, text: &str) -> String {
         conn.meta.close = Some(CloseReason::Invalid);
         let text = self.shared.set_last_error(text);
         self.shared.record_validation_failure();
@@ -346,13 +354,10 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
         let now = shared.clock.now();
         meta.last_used = now;
         let held = now.saturating_since(self.checked_out_at);
-        // SQLAlchemy's QueuePool: a connection returned while `base_size` are already idle is
-        // overflow and is closed.
-        let in_use_before = counters.count_return();
-        let idle_before = counters.open.load(Relaxed).saturating_sub(in_use_before);
-        if idle_before >= u64::from(shared.config.base_size) {
-            meta.close.get_or_insert(CloseReason::Overflow);
-        }
+        // Overflow connections stay open when they come back (the reaper closes them once
+        // idle for the idle timeout): closing them here, as SQLAlchemy's QueuePool does,
+        // opens and closes a connection per request under steady load above the base.
+        counters.count_return();
         if let (Some(id), Some(leaks)) = (self.leak_id, &shared.leaks) {
             let entry = leaks.entries.lock().remove(&id);
             if let Some(entry) = entry.filter(|e| e.reported) {

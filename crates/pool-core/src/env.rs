@@ -108,6 +108,13 @@ impl PoolConfig {
         reader.boolean("DB_POOL_PRE_PING", &mut config.pre_ping);
         reader.optional_duration(Setting::IdleTimeout, &mut config.idle_timeout, false);
         reader.optional_duration(Setting::LeakThreshold, &mut config.leak_threshold, false);
+        reader.duration(
+            Setting::ValidationTimeout,
+            MAX_TIMEOUT,
+            &mut config.validation_timeout,
+        );
+        reader.optional_duration(Setting::TcpKeepalive, &mut config.tcp_keepalive, false);
+        reader.optional_duration(Setting::TcpUserTimeout, &mut config.tcp_user_timeout, false);
         reader.fraction(Setting::WarnUtilization, &mut config.warn_utilization);
         reader.fraction(
             Setting::CriticalUtilization,
@@ -562,8 +569,14 @@ mod tests {
             ("DB_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "5"),
             ("DB_CIRCUIT_BREAKER_SUCCESS_THRESHOLD", "2"),
             ("DB_CIRCUIT_BREAKER_TIMEOUT", "12.5"),
+            ("DB_POOL_VALIDATION_TIMEOUT", "1500ms"),
+            ("DB_POOL_TCP_KEEPALIVE", "off"),
+            ("DB_POOL_TCP_USER_TIMEOUT", "20s"),
         ])
         .unwrap();
+        assert_eq!(c.validation_timeout, Duration::from_millis(1500));
+        assert_eq!(c.tcp_keepalive, None);
+        assert_eq!(c.tcp_user_timeout, Some(Duration::from_secs(20)));
         assert_eq!(c.name.as_deref(), Some("primary"));
         assert_eq!((c.base_size, c.max_overflow), (7, 3));
         assert_eq!(c.checkout_timeout, Duration::from_millis(2500));

@@ -2,6 +2,7 @@
 //!
 //! Both hold only weak references and stop when the pool is dropped.
 
+use std::cell::Cell;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use bb8::ManageConnection;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
-use crate::observer::PoolEvent;
+use crate::observer::{CloseReason, PoolEvent};
 use crate::pool::PoolInner;
 use crate::shared::Shared;
 
@@ -25,6 +26,19 @@ pub(crate) fn spawn<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
             tick(&pool).await;
         }
     });
+    if let Some(idle_timeout) = inner.shared.config.idle_timeout {
+        let period = (idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+        let weak = Arc::downgrade(inner);
+        tokio::spawn(async move {
+            let mut ticks = interval_at(Instant::now() + period, period);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(pool) = weak.upgrade() else { break };
+                reap(&pool, idle_timeout);
+            }
+        });
+    }
     if let Some(leaks) = &inner.shared.leaks {
         let period = (leaks.threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
         let weak = Arc::downgrade(&inner.shared);
@@ -43,14 +57,40 @@ pub(crate) fn spawn<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
     }
 }
 
-/// One monitor tick: idle connections past their lifetime closed, utilization level (with
-/// hysteresis), a health probe when the pool is idle, and the base topped up.
+/// The reaper's walk: idle connections above the base that have been idle for the idle
+/// timeout are closed (the longest idle first: bb8's queue hands out its oldest), and so is
+/// every idle connection past its lifetime.
+fn reap<M: ManageConnection>(pool: &Arc<PoolInner<M>>, idle_timeout: Duration) {
+    let shared = &pool.shared;
+    let now = shared.clock.now();
+    let base = u64::from(shared.config.base_size);
+    let surplus = Cell::new(shared.counters.open.load(Relaxed).saturating_sub(base));
+    let retired = Cell::new(false);
+    pool.walk_idle(|conn| {
+        if let Some(reason) = conn.meta.retire_reason(now) {
+            surplus.set(surplus.get().saturating_sub(1));
+            retired.set(true);
+            return Some(reason);
+        }
+        if surplus.get() > 0 && now.saturating_since(conn.meta.last_used) >= idle_timeout {
+            surplus.set(surplus.get() - 1);
+            return Some(CloseReason::Overflow);
+        }
+        None
+    });
+    // A connection past its lifetime may have been part of the base: restore it now, not at
+    // the next monitor tick.
+    if retired.get() && shared.connect_allowed() {
+        pool.spawn_top_up();
+    }
+}
+
+/// One monitor tick: idle connections past their lifetime closed (when no reaper walks the
+/// queue more often), utilization level (with hysteresis), a health probe when the pool is
+/// idle, and the base topped up.
 async fn tick<M: ManageConnection>(pool: &PoolInner<M>) {
     let shared = &pool.shared;
     shared.counters.roll_wait_window();
-    // Putting a connection back restarts bb8's idle timer, so with an idle timeout the walk
-    // is left to bb8's reaper, which then closes an expired idle connection within that
-    // timeout (it is shorter than the lifetime).
     if shared.config.max_lifetime.is_some() && shared.config.idle_timeout.is_none() {
         let now = shared.clock.now();
         pool.walk_idle(|conn| conn.meta.retire_reason(now));
@@ -81,14 +121,8 @@ async fn probe<M: ManageConnection>(pool: &PoolInner<M>) {
     let Ok(Ok(mut conn)) = tokio::time::timeout(limit, pool.bb8.get()).await else {
         return;
     };
-    let ok = match tokio::time::timeout(limit, pool.managed.ping(&mut conn)).await {
-        Ok(ok) => ok,
-        Err(_) => {
-            let text = format!("health probe timed out after {}ms", limit.as_millis());
-            pool.managed.condemn_invalid(&mut conn, &text);
-            false
-        }
-    };
+    // Bounded by the validation timeout, like a pre-ping.
+    let ok = pool.managed.ping(&mut conn).await;
     if ok {
         shared.counters.health_ok.fetch_add(1, Relaxed);
     } else {

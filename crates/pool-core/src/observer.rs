@@ -140,7 +140,8 @@ pub enum CloseReason {
     MaxLifetime,
     /// Idle longer than the idle timeout.
     IdleTimeout,
-    /// Returned while `base_size` connections were already idle.
+    /// Above `base_size` and idle for the idle timeout, or opened by a top-up that load had
+    /// already overtaken.
     Overflow,
     /// Found closed or broken by the driver.
     Broken,

@@ -15,6 +15,7 @@
 //! ```
 
 use std::error::Error as _;
+use std::time::Duration;
 
 pub use bb8_postgres::PostgresConnectionManager;
 pub use tokio_postgres;
@@ -76,6 +77,35 @@ fn describe(error: &tokio_postgres::Error) -> String {
     text
 }
 
+/// tokio-postgres' keepalive idle time when the DSN names none.
+const DRIVER_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// TCP keepalives and the TCP user timeout from the pool's configuration, so that a peer
+/// that vanished (a network black hole, a host that died) errors out instead of hanging;
+/// settings the DSN makes itself win. tokio-postgres' own defaults are a first keepalive
+/// probe after two hours and no user timeout.
+fn apply_socket_settings(config: &PoolConfig, pg: &mut tokio_postgres::Config) {
+    let dsn_sets_keepalive = pg.get_keepalives_idle() != DRIVER_KEEPALIVE_IDLE
+        || pg.get_keepalives_interval().is_some()
+        || pg.get_keepalives_retries().is_some();
+    if !dsn_sets_keepalive {
+        match config.tcp_keepalive {
+            Some(idle) => {
+                pg.keepalives(true)
+                    .keepalives_idle(idle)
+                    .keepalives_interval((idle / 2).max(Duration::from_secs(1)))
+                    .keepalives_retries(3);
+            }
+            None => {
+                pg.keepalives(false);
+            }
+        }
+    }
+    if let (None, Some(timeout)) = (pg.get_tcp_user_timeout(), config.tcp_user_timeout) {
+        pg.tcp_user_timeout(timeout);
+    }
+}
+
 impl PoolBuilder<PostgresConnectionManager<NoTls>> {
     /// A builder for a PostgreSQL pool with the development profile's defaults.
     pub fn postgres() -> Self {
@@ -107,10 +137,11 @@ where
     /// As [`PoolBuilder::build_postgres`].
     pub fn build_postgres_with_tls(self, tls: Tls) -> Result<PostgresPool<Tls>, BuildError> {
         let url = self.require_url(BackendKind::Postgres)?;
-        let pg_config = url
+        let mut pg_config = url
             .postgres_config()
             .expect("require_url checked that the URL is a PostgreSQL one")
             .clone();
+        apply_socket_settings(self.current_config(), &mut pg_config);
         let manager = PostgresConnectionManager::new(pg_config, tls);
         self.backend_name("postgresql")
             .classify_errors(is_connection_error)
@@ -154,6 +185,45 @@ mod tests {
             err.to_string(),
             "DATABASE_URL points at sqlite (`sqlite::memory:`) but a postgresql pool was asked for"
         );
+    }
+
+    fn socket_settings(dsn: &str, config: &PoolConfig) -> tokio_postgres::Config {
+        let mut pg = crate::DatabaseUrl::parse(dsn)
+            .unwrap()
+            .postgres_config()
+            .unwrap()
+            .clone();
+        apply_socket_settings(config, &mut pg);
+        pg
+    }
+
+    #[test]
+    fn connections_get_keepalives_and_a_user_timeout_by_default() {
+        let pg = socket_settings("postgres://u@db/app", &PoolConfig::production());
+        assert!(pg.get_keepalives());
+        assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(10));
+        assert_eq!(pg.get_keepalives_interval(), Some(Duration::from_secs(5)));
+        assert_eq!(pg.get_keepalives_retries(), Some(3));
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn the_dsn_s_own_socket_settings_win_and_off_turns_them_off() {
+        let pg = socket_settings(
+            "postgres://u@db/app?keepalives_idle=60&tcp_user_timeout=30",
+            &PoolConfig::production(),
+        );
+        assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(pg.get_keepalives_interval(), None);
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
+        let off = PoolConfig {
+            tcp_keepalive: None,
+            tcp_user_timeout: None,
+            ..PoolConfig::production()
+        };
+        let pg = socket_settings("postgres://u@db/app", &off);
+        assert!(!pg.get_keepalives());
+        assert_eq!(pg.get_tcp_user_timeout(), None);
     }
 
     #[test]

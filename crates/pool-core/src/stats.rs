@@ -1,7 +1,7 @@
 //! One consistent snapshot of everything the pool knows about itself.
 
 use std::sync::atomic::{
-    AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+    AtomicU64, AtomicU8, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 use std::time::Duration;
 
@@ -218,10 +218,9 @@ impl Counters {
         (self.checkouts.fetch_add(1, Relaxed) + 1).saturating_sub(returns)
     }
 
-    /// Counts a return; in use before it, this one included.
-    pub(crate) fn count_return(&self) -> u64 {
-        let returns = self.returns.fetch_add(1, AcqRel);
-        self.checkouts.load(Relaxed).saturating_sub(returns)
+    /// Counts a return.
+    pub(crate) fn count_return(&self) {
+        self.returns.fetch_add(1, Release);
     }
 
     pub(crate) fn record_wait(&self, waited: Duration) {

@@ -46,10 +46,14 @@ async fn a_checkout_that_waits_opens_one_connection_not_two() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn overflow_connections_close_on_return_while_the_base_is_idle() {
+async fn overflow_connections_linger_until_idle_for_the_idle_timeout_then_the_base_remains() {
     let (manager, state) = MemManager::new();
     let recorder = Recorder::new();
-    let pool = builder().observer(recorder.clone()).build(manager).unwrap();
+    let pool = builder()
+        .idle_timeout(Duration::from_secs(60))
+        .observer(recorder.clone())
+        .build(manager)
+        .unwrap();
     pool.warm_up().await.unwrap();
     assert_eq!(pool.stats().idle, 2, "the base is opened up front");
 
@@ -62,19 +66,64 @@ async fn overflow_connections_close_on_return_while_the_base_is_idle() {
     assert_eq!(s.overflow_in_use, 3);
     assert_eq!(s.utilization, 1.0);
     drop(held);
+    let s = pool.stats();
+    assert_eq!(
+        (s.size, s.in_use, s.idle),
+        (5, 0, 5),
+        "overflow stays open on return"
+    );
+    assert_eq!(s.connections_closed.total(), 0);
 
+    // Steady load above the base within the idle timeout reuses them: nothing is opened.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let burst: Vec<_> = futures_join(&pool, 5).await;
+        drop(burst);
+    }
+    assert_eq!(
+        state.connects.load(SeqCst),
+        5,
+        "no connection opened under steady load"
+    );
+
+    // At rest: back to the base within the idle timeout plus the reaper's period.
+    tokio::time::sleep(Duration::from_secs(60 + 5)).await;
     let s = pool.stats();
     assert_eq!((s.size, s.in_use, s.idle), (2, 0, 2));
     assert_eq!(s.connections_closed.overflow, 3);
     assert_eq!(s.connections_closed.total(), 3);
     assert_eq!(s.connections_created, 5);
-    assert_eq!(state.connects.load(SeqCst), 5);
-    assert_eq!(s.checkouts_direct + s.checkouts_waited, 5);
     assert_eq!(
         recorder.count(|e| *e == Recorded::Closed(CloseReason::Overflow)),
         3
     );
-    assert_eq!(recorder.count(|e| *e == Recorded::Returned), 5);
+    assert_eq!(recorder.count(|e| *e == Recorded::Returned), 55);
+    // And stays there.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(pool.stats().size, 2);
+    assert_eq!(state.connects.load(SeqCst), 5);
+}
+
+/// `n` checkouts held at once.
+async fn futures_join(
+    pool: &Pool<MemManager>,
+    n: usize,
+) -> Vec<pool_core::PooledConnection<MemManager>> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(pool.get().await.unwrap());
+    }
+    held
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_an_idle_timeout_overflow_connections_stay() {
+    let (manager, _state) = MemManager::new();
+    let pool = builder().idle_timeout(None).build(manager).unwrap();
+    drop(futures_join(&pool, 5).await);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(pool.stats().size, 5);
+    assert_eq!(pool.stats().connections_closed.total(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -129,6 +178,58 @@ async fn a_failed_ping_replaces_the_connection_without_an_error() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_ping_that_never_answers_is_cut_off_by_the_validation_timeout_and_the_connection_closed()
+{
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(0)
+        .validation_bypass(Duration::ZERO)
+        .validation_timeout(Duration::from_secs(2))
+        .build(manager)
+        .unwrap();
+    let first = pool.get().await.unwrap().id;
+    state.hung_upto.store(first, SeqCst);
+    let start = tokio::time::Instant::now();
+    let conn = pool.get().await.unwrap();
+    assert_ne!(conn.id, first, "a fresh connection replaced the hung one");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(2),
+        "after the validation timeout"
+    );
+    drop(conn);
+    let s = pool.stats();
+    assert_eq!(s.connections_closed.invalid, 1);
+    assert_eq!(
+        s.last_error.as_deref(),
+        Some("validation timed out after 2000ms")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checkout_abandoned_during_its_ping_closes_the_connection_instead_of_returning_it() {
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(0)
+        .validation_bypass(Duration::ZERO)
+        .validation_timeout(Duration::from_secs(10))
+        .build(manager)
+        .unwrap();
+    let first = pool.get().await.unwrap().id;
+    state.hung_upto.store(first, SeqCst);
+    // The caller gives up after 1 s, mid-ping.
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), pool.get()).await;
+    assert!(gave_up.is_err());
+    let s = pool.stats();
+    assert_eq!(s.connections_closed.invalid, 1, "closed, not put back");
+    assert_eq!(s.in_use, 0);
+    let next = pool.get().await.unwrap();
+    assert_ne!(next.id, first);
+}
+
+#[tokio::test(start_paused = true)]
 async fn lifetimes_end_between_97_5_and_100_percent_of_the_maximum() {
     let (manager, _state) = MemManager::new();
     let pool = builder()
@@ -173,7 +274,7 @@ async fn dropping_a_thousand_waiting_checkouts_leaves_nothing_pending() {
     assert_eq!((s.size, s.in_use, s.idle), (2, 2, 0));
     drop(held);
     let s = pool.stats();
-    assert_eq!((s.size, s.in_use, s.idle), (1, 0, 1));
+    assert_eq!((s.size, s.in_use, s.idle), (2, 0, 2));
     assert_eq!(s.checkout_timeouts, 0);
     // The pool still serves at once.
     drop(pool.get().await.unwrap());

@@ -38,8 +38,9 @@ async fn backend_pid(conn: &tokio_postgres::Client) -> i32 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn base_two_plus_overflow_three_grows_to_five_and_settles_at_two_idle() {
-    let Some(url) = pg_url("base_two_plus_overflow_three_grows_to_five_and_settles_at_two_idle")
+async fn base_two_plus_overflow_three_grows_to_five_and_shrinks_to_two_once_idle() {
+    let Some(url) =
+        pg_url("base_two_plus_overflow_three_grows_to_five_and_shrinks_to_two_once_idle")
     else {
         return;
     };
@@ -48,6 +49,7 @@ async fn base_two_plus_overflow_three_grows_to_five_and_settles_at_two_idle() {
         .database_url(&url)
         .base_size(2)
         .max_overflow(3)
+        .idle_timeout(Duration::from_secs(1))
         .health_interval(Duration::from_secs(3600))
         .observer(recorder.clone())
         .build_postgres()
@@ -77,7 +79,15 @@ async fn base_two_plus_overflow_three_grows_to_five_and_settles_at_two_idle() {
     assert_eq!((s.size, s.in_use, s.idle), (5, 5, 0));
     assert_eq!(s.utilization, 1.0);
     drop(held);
+    let s = pool.stats();
+    assert_eq!((s.size, s.in_use, s.idle), (5, 0, 5), "overflow lingers on return");
 
+    // Readiness polling with a bound: the idle timeout (1 s) plus the reaper's period.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool.stats().size > 2 {
+        assert!(Instant::now() < deadline, "{:?}", pool.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let s = pool.stats();
     assert_eq!((s.size, s.in_use, s.idle), (2, 0, 2));
     assert_eq!(s.connections_closed.overflow, 3);
@@ -411,7 +421,7 @@ async fn dropping_a_thousand_checkouts_mid_wait_leaves_pending_at_zero() {
     assert_eq!((s.size, s.in_use, s.idle), (2, 2, 0));
     drop(held);
     let s = pool.stats();
-    assert_eq!((s.size, s.in_use, s.idle), (1, 0, 1));
+    assert_eq!((s.size, s.in_use, s.idle), (2, 0, 2));
     assert_eq!(s.checkout_timeouts, 0);
     let conn = pool.get().await.unwrap();
     conn.simple_query("select 1").await.unwrap();

@@ -212,6 +212,8 @@ pub struct MemState {
     pub fail_ping: AtomicBool,
     /// Connections numbered up to this one fail their pings (a server restart killed them).
     pub broken_upto: AtomicU64,
+    /// Connections numbered up to this one never answer a ping (a network black hole).
+    pub hung_upto: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -249,6 +251,9 @@ impl pool_core::ManageConnection for MemManager {
 
     async fn is_valid(&self, conn: &mut MemConn) -> Result<(), MemError> {
         self.0.pings.fetch_add(1, SeqCst);
+        if conn.id <= self.0.hung_upto.load(SeqCst) {
+            std::future::pending::<()>().await;
+        }
         if self.0.fail_ping.load(SeqCst) || conn.id <= self.0.broken_upto.load(SeqCst) {
             return Err(MemError("ping failed"));
         }
