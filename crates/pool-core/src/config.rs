@@ -48,8 +48,10 @@ pub struct BreakerConfig {
     pub success_threshold: u32,
     /// Probes admitted at once while half-open. Defaults to `success_threshold`.
     pub half_open_max_probes: u32,
-    /// Time limit for an operation run through [`Pool::run`](crate::Pool::run)
-    /// (`DB_CIRCUIT_BREAKER_TIMEOUT`). Defaults to 30 s.
+    /// Time limit for an operation run through [`Pool::run`](crate::Pool::run), and for
+    /// how long pool-tower's layer lets a request keep its connection lent out to one
+    /// operation (`DB_CIRCUIT_BREAKER_TIMEOUT`); a timed-out operation closes its connection
+    /// and counts as a breaker failure. Defaults to 30 s.
     pub operation_timeout: Duration,
 }
 

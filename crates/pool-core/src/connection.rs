@@ -315,6 +315,16 @@ impl<M: ManageConnection> PooledConnection<M> {
         self.conn.meta.close.get_or_insert(CloseReason::Broken);
     }
 
+    /// An operation on this connection ran past `limit` and was abandoned: the connection
+    /// is in an unknown state (a query may still be running on the server), so it is closed
+    /// when returned, and the breaker counts a failure.
+    pub fn report_operation_timeout(&mut self, limit: Duration) {
+        self.report_connection_failure(&format!(
+            "operation timed out after {}ms",
+            limit.as_millis()
+        ));
+    }
+
     pub(crate) fn report_connection_failure(&mut self, text: &str) {
         self.discard();
         self.shared().set_last_error(text);

@@ -47,6 +47,16 @@ pub enum CheckoutError {
         /// When the breaker will admit probes again (use it for `Retry-After`).
         retry_after: Duration,
     },
+    /// The connection a request held was busy with one operation for longer than the
+    /// breaker's operation timeout (`DB_CIRCUIT_BREAKER_TIMEOUT`): pool-tower's layer
+    /// cancelled the request, closed the connection and counted a breaker failure. The
+    /// layer's default rejections answer it with 504 (HTTP) or DEADLINE_EXCEEDED (gRPC).
+    OperationTimedOut {
+        /// The pool's name.
+        pool: Arc<str>,
+        /// The operation timeout that ran out.
+        limit: Duration,
+    },
 }
 
 impl CheckoutError {
@@ -54,9 +64,16 @@ impl CheckoutError {
     /// checkout timeout's order of magnitude for an exhausted pool (1 s).
     pub fn retry_after(&self) -> Duration {
         match self {
-            CheckoutError::Timeout { .. } => Duration::from_secs(1),
+            CheckoutError::Timeout { .. } | CheckoutError::OperationTimedOut { .. } => {
+                Duration::from_secs(1)
+            }
             CheckoutError::CircuitOpen { retry_after, .. } => *retry_after,
         }
+    }
+
+    /// `true` for [`CheckoutError::OperationTimedOut`].
+    pub fn is_operation_timeout(&self) -> bool {
+        matches!(self, CheckoutError::OperationTimedOut { .. })
     }
 
     /// `true` for [`CheckoutError::Timeout`].
@@ -100,6 +117,12 @@ impl fmt::Display for CheckoutError {
                 "circuit breaker of pool `{pool}` is open after repeated database failures; \
                  retry after {:.1}s",
                 retry_after.as_secs_f64()
+            ),
+            CheckoutError::OperationTimedOut { pool, limit } => write!(
+                f,
+                "an operation on a connection of pool `{pool}` ran past the operation timeout \
+                 of {}ms; the request was cancelled and the connection closed",
+                limit.as_millis()
             ),
         }
     }

@@ -469,10 +469,7 @@ impl<M: ManageConnection> Pool<M> {
                     Err(RunError::Operation(e))
                 }
                 Err(_) => {
-                    conn.report_connection_failure(&format!(
-                        "operation timed out after {}ms",
-                        limit.as_millis()
-                    ));
+                    conn.report_operation_timeout(limit);
                     Err(RunError::TimedOut(limit))
                 }
             }

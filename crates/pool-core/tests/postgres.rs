@@ -80,7 +80,11 @@ async fn base_two_plus_overflow_three_grows_to_five_and_shrinks_to_two_once_idle
     assert_eq!(s.utilization, 1.0);
     drop(held);
     let s = pool.stats();
-    assert_eq!((s.size, s.in_use, s.idle), (5, 0, 5), "overflow lingers on return");
+    assert_eq!(
+        (s.size, s.in_use, s.idle),
+        (5, 0, 5),
+        "overflow lingers on return"
+    );
 
     // Readiness polling with a bound: the idle timeout (1 s) plus the reaper's period.
     let deadline = Instant::now() + Duration::from_secs(10);

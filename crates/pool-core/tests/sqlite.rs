@@ -46,7 +46,11 @@ async fn checkout_return_and_stats_are_exact() {
     assert_eq!(s.backend, "sqlite");
     drop((a, b, c));
     let s = pool.stats();
-    assert_eq!((s.size, s.in_use, s.idle), (3, 0, 3), "overflow lingers until idle");
+    assert_eq!(
+        (s.size, s.in_use, s.idle),
+        (3, 0, 3),
+        "overflow lingers until idle"
+    );
     assert_eq!(s.connections_closed.total(), 0);
     assert_eq!(s.checkouts_direct + s.checkouts_waited, 10);
     assert_eq!(s.connections_created, 3);

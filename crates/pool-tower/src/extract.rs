@@ -3,7 +3,7 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::panic::Location;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use opentelemetry::trace::{Span, Status, Tracer};
@@ -20,6 +20,14 @@ use crate::semconv;
 ///
 /// In lazy mode (the default) nothing is checked out until [`Db::conn`] is first awaited,
 /// so routes that never touch the database hold nothing.
+///
+/// Every operation is bounded without the handler doing anything: while a [`DbConn`] is
+/// alive, the layer runs the breaker's operation timeout (`DB_CIRCUIT_BREAKER_TIMEOUT`,
+/// 30 s by default) from the moment it was lent. If it runs out (a query that never
+/// answers, a network black hole), the request is cancelled, answered with the rejection of
+/// [`CheckoutError::OperationTimedOut`](pool_core::CheckoutError::OperationTimedOut) (504
+/// by default, DEADLINE_EXCEEDED for gRPC), and the connection is closed and counted as a
+/// breaker failure. Drop the `DbConn` between operations if the handler does other slow work.
 ///
 /// ```no_run
 /// # #[cfg(feature = "axum")] mod demo {
@@ -53,6 +61,13 @@ pub(crate) struct Slot<M: ManageConnection> {
     waiting: AtomicUsize,
     /// Handles given to the request (not the service's own reference).
     handles: AtomicUsize,
+    /// Whether a `DbConn` is out (an operation may be running), and how many have been lent:
+    /// the response future runs the operation timeout while one is out, from the lend it saw.
+    lent: AtomicBool,
+    lends: AtomicU32,
+    /// Set by the response future when the lent connection ran past the operation timeout:
+    /// the `DbConn`, dropped with the cancelled request, then closes its connection.
+    timed_out: AtomicBool,
     /// The sampled trace the request belongs to, if any: checkout spans go there.
     parent: Option<Context>,
 }
@@ -78,6 +93,9 @@ impl<M: ManageConnection> Slot<M> {
             returned: Notify::new(),
             waiting: AtomicUsize::new(0),
             handles: AtomicUsize::new(0),
+            lent: AtomicBool::new(false),
+            lends: AtomicU32::new(0),
+            timed_out: AtomicBool::new(false),
             parent,
         })
     }
@@ -136,6 +154,29 @@ impl<M: ManageConnection> Slot<M> {
 
     pub(crate) fn parent(&self) -> Option<&Context> {
         self.parent.as_ref()
+    }
+
+    /// The lend in progress, if a `DbConn` is out (numbered, so a new lend restarts the
+    /// operation timeout).
+    pub(crate) fn lend_in_progress(&self) -> Option<u32> {
+        self.lent
+            .load(Ordering::Relaxed)
+            .then(|| self.lends.load(Ordering::Relaxed))
+    }
+
+    /// The lent connection ran past the operation timeout; it is closed when its `DbConn`
+    /// is dropped (with the request, which the response future cancels).
+    pub(crate) fn time_out(&self) {
+        self.timed_out.store(true, Ordering::Relaxed);
+    }
+
+    fn lend<'a>(&'a self, conn: PooledConnection<M>) -> DbConn<'a, M> {
+        self.lends.fetch_add(1, Ordering::Relaxed);
+        self.lent.store(true, Ordering::Relaxed);
+        DbConn {
+            conn: Some(conn),
+            slot: self,
+        }
     }
 }
 
@@ -200,12 +241,7 @@ impl<M: ManageConnection> Db<M> {
                 let waiting = {
                     let mut state = slot.state.lock();
                     match std::mem::replace(&mut *state, State::Busy) {
-                        State::Held(conn) => {
-                            return Ok(DbConn {
-                                conn: Some(conn),
-                                slot,
-                            })
-                        }
+                        State::Held(conn) => return Ok(slot.lend(conn)),
                         State::Empty => None,
                         // Counted and listening before the lock is let go: whoever changes
                         // the state next sees the count and wakes this call.
@@ -221,10 +257,7 @@ impl<M: ManageConnection> Db<M> {
                     let conn = checkout(&slot.pool, slot.parent(), location).await?;
                     // Checked out: the slot stays `Busy`, lent to the `DbConn`.
                     claim.0 = None;
-                    return Ok(DbConn {
-                        conn: Some(conn),
-                        slot,
-                    });
+                    return Ok(slot.lend(conn));
                 };
                 returned.await;
                 drop(waiter);
@@ -350,7 +383,13 @@ impl<M: ManageConnection> DerefMut for DbConn<'_, M> {
 
 impl<M: ManageConnection> Drop for DbConn<'_, M> {
     fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        self.slot.lent.store(false, Ordering::Relaxed);
+        if self.slot.timed_out.load(Ordering::Relaxed) {
+            conn.report_operation_timeout(self.slot.pool.config().breaker.operation_timeout);
+        }
         self.slot.change(|state| {
             Some(if matches!(*state, State::Released) {
                 // The response is already out (a leaked handle): back to the pool.

@@ -1,36 +1,41 @@
-//! [`ResponseFuture`] for [`PoolService`](crate::PoolService).
+//! [`ResponseFuture`] for [`PoolService`](crate::PoolService), and the operation timeout
+//! that bounds what a handler does with its connection.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use http::Response;
 use pin_project_lite::pin_project;
-use pool_core::ManageConnection;
+use pool_core::{CheckoutError, ManageConnection};
+use tokio::time::Sleep;
 
 use crate::extract::Slot;
+use crate::response::Rejection;
 
 type BoxedEager<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
 
 pin_project! {
     /// The response future of [`PoolService`](crate::PoolService). When it completes, the
     /// request's connection (if any) is back in the pool.
-    pub struct ResponseFuture<F, M: ManageConnection, B, E> {
+    pub struct ResponseFuture<F, M: ManageConnection, R, B, E> {
         #[pin]
-        kind: Kind<F, M, B, E>,
+        kind: Kind<F, M, R, B, E>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, M: ManageConnection, B, E> {
+    enum Kind<F, M: ManageConnection, R, B, E> {
         Lazy {
             #[pin]
-            future: F,
+            future: Bounded<F>,
             // Taken (and so released) when the response is ready; dropped midway otherwise.
             slot: Option<ReleaseOnDrop<M>>,
+            rejection: R,
         },
         // Boxed because it awaits the pool's checkout, whose future type cannot be named.
         Eager {
@@ -39,12 +44,13 @@ pin_project! {
     }
 }
 
-impl<F, M: ManageConnection, B, E> ResponseFuture<F, M, B, E> {
-    pub(crate) fn lazy(future: F, slot: Arc<Slot<M>>) -> Self {
+impl<F, M: ManageConnection, R, B, E> ResponseFuture<F, M, R, B, E> {
+    pub(crate) fn lazy(future: F, slot: Arc<Slot<M>>, rejection: R) -> Self {
         ResponseFuture {
             kind: Kind::Lazy {
-                future,
+                future: Bounded::new(future),
                 slot: Some(ReleaseOnDrop(slot)),
+                rejection,
             },
         }
     }
@@ -56,17 +62,27 @@ impl<F, M: ManageConnection, B, E> ResponseFuture<F, M, B, E> {
     }
 }
 
-impl<F, M, B, E> Future for ResponseFuture<F, M, B, E>
+impl<F, M, R, B, E> Future for ResponseFuture<F, M, R, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
     M: ManageConnection,
+    R: Rejection<B>,
 {
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Lazy { future, slot } => {
-                let output = ready!(future.poll(cx));
+            KindProj::Lazy {
+                future,
+                slot,
+                rejection,
+            } => {
+                let release = slot
+                    .as_ref()
+                    .expect("a lazy response future is not polled after completion");
+                let output = ready!(future.poll_with(cx, &release.0));
+                let output =
+                    output.unwrap_or_else(|limit| Ok(timed_out(&release.0, limit, &*rejection)));
                 drop(slot.take());
                 Poll::Ready(output)
             }
@@ -75,7 +91,25 @@ where
     }
 }
 
-impl<F, M: ManageConnection, B, E> fmt::Debug for ResponseFuture<F, M, B, E> {
+/// The response for a request cancelled by the operation timeout.
+pub(crate) fn timed_out<M: ManageConnection, B>(
+    slot: &Slot<M>,
+    limit: Duration,
+    rejection: &impl Rejection<B>,
+) -> Response<B> {
+    let pool = slot.pool();
+    tracing::warn!(
+        pool = %pool.name(),
+        limit_ms = limit.as_millis() as u64,
+        "a database operation ran past the operation timeout; request cancelled, connection closed"
+    );
+    rejection.rejection(&CheckoutError::OperationTimedOut {
+        pool: Arc::from(pool.name()),
+        limit,
+    })
+}
+
+impl<F, M: ManageConnection, R, B, E> fmt::Debug for ResponseFuture<F, M, R, B, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
@@ -88,5 +122,86 @@ pub(crate) struct ReleaseOnDrop<M: ManageConnection>(pub(crate) Arc<Slot<M>>);
 impl<M: ManageConnection> Drop for ReleaseOnDrop<M> {
     fn drop(&mut self) {
         self.0.release();
+    }
+}
+
+pin_project! {
+    /// The request's future under the operation timeout: while the request has its
+    /// connection lent out (a [`DbConn`](crate::DbConn) is alive, so an operation may be
+    /// running), a timer of the breaker's operation timeout runs from that lend. If it fires,
+    /// the request is dropped on the spot (cancelling the query) and its connection closed
+    /// and counted as a breaker failure.
+    pub(crate) struct Bounded<F> {
+        #[pin]
+        run: Run<F>,
+        #[pin]
+        timer: Timer,
+        // The lend the timer was armed for.
+        armed: Option<u32>,
+    }
+}
+
+pin_project! {
+    #[project = RunProj]
+    enum Run<F> {
+        Running { #[pin] future: F },
+        Cancelled,
+    }
+}
+
+pin_project! {
+    #[project = TimerProj]
+    enum Timer {
+        Off,
+        On { #[pin] sleep: Sleep },
+    }
+}
+
+impl<F> Bounded<F> {
+    pub(crate) fn new(future: F) -> Self {
+        Bounded {
+            run: Run::Running { future },
+            timer: Timer::Off,
+            armed: None,
+        }
+    }
+}
+
+impl<F: Future> Bounded<F> {
+    /// The request's output, or `Err(limit)` once the operation timeout cancelled it.
+    pub(crate) fn poll_with<M: ManageConnection>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        slot: &Slot<M>,
+    ) -> Poll<Result<F::Output, Duration>> {
+        let mut this = self.project();
+        let RunProj::Running { future } = this.run.as_mut().project() else {
+            let limit = slot.pool().config().breaker.operation_timeout;
+            return Poll::Ready(Err(limit));
+        };
+        if let Poll::Ready(output) = future.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        let Some(lend) = slot.lend_in_progress() else {
+            if this.armed.take().is_some() {
+                this.timer.set(Timer::Off);
+            }
+            return Poll::Pending;
+        };
+        let limit = slot.pool().config().breaker.operation_timeout;
+        if *this.armed != Some(lend) {
+            *this.armed = Some(lend);
+            this.timer.set(Timer::On {
+                sleep: tokio::time::sleep(limit),
+            });
+        }
+        let TimerProj::On { sleep } = this.timer.project() else {
+            return Poll::Pending;
+        };
+        ready!(sleep.poll(cx));
+        slot.time_out();
+        // Dropping the request here drops its `DbConn`, which closes the connection.
+        this.run.set(Run::Cancelled);
+        Poll::Ready(Err(limit))
     }
 }

@@ -1,7 +1,9 @@
 //! [`PoolService`]: the middleware itself.
 
 use std::fmt;
+use std::future::poll_fn;
 use std::panic::Location;
+use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -12,7 +14,7 @@ use pool_core::ManageConnection;
 use tower_service::Service;
 
 use crate::extract::{checkout, Db, Slot};
-use crate::future::{ReleaseOnDrop, ResponseFuture};
+use crate::future::{timed_out, Bounded, ReleaseOnDrop, ResponseFuture};
 use crate::layer::{LayerShared, Mode};
 use crate::response::Rejection;
 
@@ -58,7 +60,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, M, ResBody, S::Error>;
+    type Future = ResponseFuture<S::Future, M, R, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -69,7 +71,9 @@ where
         let slot = Slot::new(self.shared.pool.clone(), parent);
         req.extensions_mut().insert(Db::new(slot.clone()));
         match self.shared.mode {
-            Mode::Lazy => ResponseFuture::lazy(self.inner.call(req), slot),
+            Mode::Lazy => {
+                ResponseFuture::lazy(self.inner.call(req), slot, self.shared.rejection.clone())
+            }
             Mode::Eager => {
                 // The inner service was made ready by `poll_ready`; keep that instance for
                 // this request and leave a fresh clone behind (tower's usual pattern).
@@ -83,7 +87,11 @@ where
                     match checkout(slot.0.pool(), slot.0.parent(), location).await {
                         Ok(conn) => {
                             slot.0.put(conn);
-                            inner.call(req).await
+                            let mut bounded = pin!(Bounded::new(inner.call(req)));
+                            match poll_fn(|cx| bounded.as_mut().poll_with(cx, &slot.0)).await {
+                                Ok(output) => output,
+                                Err(limit) => Ok(timed_out(&slot.0, limit, &rejection)),
+                            }
                         }
                         Err(error) => Ok(rejection.rejection(&error)),
                     }

@@ -98,6 +98,56 @@ async fn an_exhausted_pool_answers_503_with_retry_after() {
     assert_eq!(pool.stats().checkout_timeouts, 1);
 }
 
+async fn hung(db: Db<Pg>) -> Result<String, DbError> {
+    let conn = db.conn().await?;
+    conn.simple_query("select pg_sleep(30)")
+        .await
+        .map_err(|_| DbError::Query)?;
+    Ok("slept".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_the_operation_timeout_is_answered_504_and_its_connection_closed() {
+    let Some(url) =
+        pg_url("a_query_past_the_operation_timeout_is_answered_504_and_its_connection_closed")
+    else {
+        return;
+    };
+    let limit = Duration::from_secs(1);
+    let pool = PoolBuilder::postgres()
+        .database_url(&url)
+        .base_size(1)
+        .max_overflow(0)
+        .breaker(BreakerConfig {
+            operation_timeout: limit,
+            ..BreakerConfig::default()
+        })
+        .build_postgres()
+        .unwrap();
+    let addr = serve(
+        app(pool.clone()).merge(
+            Router::new()
+                .route("/hung", get(hung))
+                .layer(PoolLayer::new(pool.clone())),
+        ),
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let response = http_get(addr, "/hung", &[]).await;
+    let took = start.elapsed();
+    assert_eq!(response.status, 504, "{}", response.body);
+    // The bound this proves: the operation timeout plus a margin for a loaded machine (the
+    // query itself would have taken 30 s).
+    assert!(took < limit + Duration::from_secs(5), "{took:?}");
+    let s = pool.stats();
+    assert_eq!(s.connections_closed.broken, 1);
+    assert_eq!(s.breaker.consecutive_failures, 1);
+    // The next request gets a fresh connection and succeeds.
+    let response = http_get(addr, "/answer", &[]).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(pool.stats().breaker.consecutive_failures, 0);
+}
+
 fn dead_pool(recovery: Duration) -> PostgresPool {
     PoolBuilder::postgres()
         .database_url(&format!(
