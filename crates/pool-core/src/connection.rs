@@ -315,6 +315,18 @@ impl<M: ManageConnection> PooledConnection<M> {
         self.conn.meta.close.get_or_insert(CloseReason::Broken);
     }
 
+    /// Marks the connection to be closed on return unless [`PooledConnection::done`] is
+    /// called with what this returns: armed around an operation, so that an operation
+    /// abandoned midway (its future dropped) never hands a busy connection back.
+    pub(crate) fn condemn_until_done(&mut self) -> Option<CloseReason> {
+        self.conn.meta.close.replace(CloseReason::Broken)
+    }
+
+    /// The operation armed by [`PooledConnection::condemn_until_done`] finished.
+    pub(crate) fn done(&mut self, before: Option<CloseReason>) {
+        self.conn.meta.close = before;
+    }
+
     /// An operation on this connection ran past `limit` and was abandoned: the connection
     /// is in an unknown state (a query may still be running on the server), so it is closed
     /// when returned, and the breaker counts a failure.

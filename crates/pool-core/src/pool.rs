@@ -458,13 +458,18 @@ impl<M: ManageConnection> Pool<M> {
         async move {
             let mut conn = self.checkout(location).await.map_err(RunError::Checkout)?;
             let limit = self.inner.shared.config.breaker.operation_timeout;
+            // If this future is dropped mid-operation (its caller gave up), the connection
+            // may be mid-query: it is closed on return, not reused.
+            let before = conn.condemn_until_done();
             let outcome = tokio::time::timeout(limit, op(&mut conn)).await;
             match outcome {
                 Ok(Ok(value)) => {
+                    conn.done(before);
                     self.inner.shared.record_success();
                     Ok(value)
                 }
                 Ok(Err(e)) => {
+                    conn.done(before);
                     self.report_error(&mut conn, &e);
                     Err(RunError::Operation(e))
                 }

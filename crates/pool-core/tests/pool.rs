@@ -230,6 +230,40 @@ async fn a_checkout_abandoned_during_its_ping_closes_the_connection_instead_of_r
 }
 
 #[tokio::test(start_paused = true)]
+async fn run_abandoned_mid_operation_closes_the_connection() {
+    let (manager, _state) = MemManager::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(0)
+        .build(manager)
+        .unwrap();
+    let first = pool.get().await.unwrap().id;
+    // The caller gives up after 1 s on an operation that never ends.
+    let gave_up = tokio::time::timeout(
+        Duration::from_secs(1),
+        pool.run(|_conn| Box::pin(std::future::pending::<Result<(), common::MemError>>())),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    let s = pool.stats();
+    assert_eq!(
+        s.connections_closed.broken, 1,
+        "closed, not handed back busy"
+    );
+    assert_eq!(
+        s.breaker.consecutive_failures, 0,
+        "the caller gave up; no database failure"
+    );
+    assert_ne!(pool.get().await.unwrap().id, first);
+    // A completed run leaves its connection reusable.
+    let id = pool
+        .run(|conn| Box::pin(async move { Ok::<_, common::MemError>(conn.id) }))
+        .await
+        .unwrap();
+    assert_eq!(pool.get().await.unwrap().id, id);
+}
+
+#[tokio::test(start_paused = true)]
 async fn lifetimes_end_between_97_5_and_100_percent_of_the_maximum() {
     let (manager, _state) = MemManager::new();
     let pool = builder()

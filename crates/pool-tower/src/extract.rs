@@ -68,6 +68,9 @@ pub(crate) struct Slot<M: ManageConnection> {
     /// Set by the response future when the lent connection ran past the operation timeout:
     /// the `DbConn`, dropped with the cancelled request, then closes its connection.
     timed_out: AtomicBool,
+    /// Set when the request was dropped before its response (the client hung up): a lent
+    /// connection may be mid-query, so its `DbConn` closes it.
+    abandoned: AtomicBool,
     /// The sampled trace the request belongs to, if any: checkout spans go there.
     parent: Option<Context>,
 }
@@ -96,6 +99,7 @@ impl<M: ManageConnection> Slot<M> {
             lent: AtomicBool::new(false),
             lends: AtomicU32::new(0),
             timed_out: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
             parent,
         })
     }
@@ -168,6 +172,11 @@ impl<M: ManageConnection> Slot<M> {
     /// is dropped (with the request, which the response future cancels).
     pub(crate) fn time_out(&self) {
         self.timed_out.store(true, Ordering::Relaxed);
+    }
+
+    /// The request was dropped before its response.
+    pub(crate) fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
     }
 
     fn lend<'a>(&'a self, conn: PooledConnection<M>) -> DbConn<'a, M> {
@@ -389,6 +398,9 @@ impl<M: ManageConnection> Drop for DbConn<'_, M> {
         self.slot.lent.store(false, Ordering::Relaxed);
         if self.slot.timed_out.load(Ordering::Relaxed) {
             conn.report_operation_timeout(self.slot.pool.config().breaker.operation_timeout);
+        } else if self.slot.abandoned.load(Ordering::Relaxed) {
+            // Dropped with an abandoned request, perhaps mid-query: not reusable.
+            conn.discard();
         }
         self.slot.change(|state| {
             Some(if matches!(*state, State::Released) {

@@ -25,6 +25,19 @@ pin_project! {
         #[pin]
         kind: Kind<F, M, R, B, E>,
     }
+
+    // Runs before the fields are dropped: a request dropped while its connection is lent
+    // out (the client hung up mid-query) leaves the connection in an unknown state, so the
+    // `DbConn`, dropped next with the request, closes it instead of giving it back.
+    impl<F, M: ManageConnection, R, B, E> PinnedDrop for ResponseFuture<F, M, R, B, E> {
+        fn drop(this: Pin<&mut Self>) {
+            if let KindProj::Lazy { future, slot: Some(slot), .. } = this.project().kind.project() {
+                if future.in_flight() {
+                    slot.0.abandon();
+                }
+            }
+        }
+    }
 }
 
 pin_project! {
@@ -125,6 +138,23 @@ impl<M: ManageConnection> Drop for ReleaseOnDrop<M> {
     }
 }
 
+/// Marks the request abandoned when dropped before [`AbandonOnDrop::disarm`].
+pub(crate) struct AbandonOnDrop<'a, M: ManageConnection>(pub(crate) Option<&'a Slot<M>>);
+
+impl<M: ManageConnection> AbandonOnDrop<'_, M> {
+    pub(crate) fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<M: ManageConnection> Drop for AbandonOnDrop<'_, M> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0 {
+            slot.abandon();
+        }
+    }
+}
+
 pin_project! {
     /// The request's future under the operation timeout: while the request has its
     /// connection lent out (a [`DbConn`](crate::DbConn) is alive, so an operation may be
@@ -145,7 +175,8 @@ pin_project! {
     #[project = RunProj]
     enum Run<F> {
         Running { #[pin] future: F },
-        Cancelled,
+        // Finished, or cancelled by the timeout: the request's future is dropped.
+        Done,
     }
 }
 
@@ -167,6 +198,13 @@ impl<F> Bounded<F> {
     }
 }
 
+impl<F> Bounded<F> {
+    /// Whether the request's future has neither finished nor been cancelled.
+    pub(crate) fn in_flight(&self) -> bool {
+        matches!(self.run, Run::Running { .. })
+    }
+}
+
 impl<F: Future> Bounded<F> {
     /// The request's output, or `Err(limit)` once the operation timeout cancelled it.
     pub(crate) fn poll_with<M: ManageConnection>(
@@ -180,6 +218,7 @@ impl<F: Future> Bounded<F> {
             return Poll::Ready(Err(limit));
         };
         if let Poll::Ready(output) = future.poll(cx) {
+            this.run.set(Run::Done);
             return Poll::Ready(Ok(output));
         }
         let Some(lend) = slot.lend_in_progress() else {
@@ -201,7 +240,7 @@ impl<F: Future> Bounded<F> {
         ready!(sleep.poll(cx));
         slot.time_out();
         // Dropping the request here drops its `DbConn`, which closes the connection.
-        this.run.set(Run::Cancelled);
+        this.run.set(Run::Done);
         Poll::Ready(Err(limit))
     }
 }

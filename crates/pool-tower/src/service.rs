@@ -14,7 +14,7 @@ use pool_core::ManageConnection;
 use tower_service::Service;
 
 use crate::extract::{checkout, Db, Slot};
-use crate::future::{timed_out, Bounded, ReleaseOnDrop, ResponseFuture};
+use crate::future::{timed_out, AbandonOnDrop, Bounded, ReleaseOnDrop, ResponseFuture};
 use crate::layer::{LayerShared, Mode};
 use crate::response::Rejection;
 
@@ -88,7 +88,13 @@ where
                         Ok(conn) => {
                             slot.0.put(conn);
                             let mut bounded = pin!(Bounded::new(inner.call(req)));
-                            match poll_fn(|cx| bounded.as_mut().poll_with(cx, &slot.0)).await {
+                            // Declared after `bounded`, so dropped before it if this future
+                            // is abandoned midway: the lent connection is then closed.
+                            let abandon = AbandonOnDrop(Some(&slot.0));
+                            let output =
+                                poll_fn(|cx| bounded.as_mut().poll_with(cx, &slot.0)).await;
+                            abandon.disarm();
+                            match output {
                                 Ok(output) => output,
                                 Err(limit) => Ok(timed_out(&slot.0, limit, &rejection)),
                             }
