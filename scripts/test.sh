@@ -57,6 +57,20 @@ install_prometheus() {
 }
 step "install Prometheus (promtool)" install_prometheus
 
+# nftables and iproute2 for the fault suite's packet-loss scenario (a private network
+# namespace with a DROP rule on the server's port).
+install_fault_tools() {
+  command -v nft >/dev/null && command -v ip >/dev/null && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "nftables/iproute2 are not installed and this is not root: sudo apt-get install -y nftables iproute2"
+    return 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq nftables iproute2 >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get install -y -qq nftables iproute2 >/dev/null; }
+}
+step "install nftables and iproute2 (fault suite)" install_fault_tools
+
 check_prometheus_files() {
   promtool check config deploy/prometheus/prometheus.yml &&
     promtool check rules deploy/prometheus/rules/*.yml &&

@@ -1,0 +1,374 @@
+//! The fault suite: a small service on real PostgreSQL under concurrent in-test clients whose
+//! writes are acknowledged and counted, through real faults. After each: no request took
+//! longer than [`REQUEST_BOUND`] (checkout and operation timeouts plus a stated margin), every
+//! acknowledged write is in the database, no session is left idle in a transaction, and the
+//! pool comes to rest at exactly its base.
+//!
+//! Traffic stays on 127.0.0.1, or inside a network namespace the test makes itself. Every load
+//! is bounded in requests and time; the fault schedules are the only sleeps. Scenarios run
+//! one at a time (they measure time on a two-core machine).
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use pool_core::postgres::tokio_postgres;
+use pool_e2e::fault::{
+    admin, assert_recovered, load, pool, prepare, request, serve, Proxy, CHECKOUT_TIMEOUT, MARGIN,
+    OPERATION_TIMEOUT, REQUEST_BOUND,
+};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn pg_url(test: &str) -> Option<String> {
+    match std::env::var("POOL_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                !in_ci(),
+                "{test}: POOL_TEST_DATABASE_URL is not set and CI=true"
+            );
+            eprintln!("SKIPPED {test}: no PostgreSQL (run scripts/test.sh)");
+            None
+        }
+    }
+}
+
+/// The server's address and the URL with its host and port replaced by `addr`.
+fn via(url: &str, addr: SocketAddr) -> (SocketAddr, String) {
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let port = config.get_ports()[0];
+    let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    (
+        server,
+        url.replace(&format!("127.0.0.1:{port}"), &addr.to_string()),
+    )
+}
+
+fn assert_bounded(scenario: &str, report: &pool_e2e::fault::Report) {
+    println!("{scenario}: {}", report.summary());
+    assert!(
+        report.slowest() <= REQUEST_BOUND,
+        "{scenario}: a request took {:?}, past the bound of {REQUEST_BOUND:?}",
+        report.slowest()
+    );
+    assert_eq!(
+        report.count(0),
+        0,
+        "{scenario}: no exchange may hang or fail"
+    );
+    assert!(report.count(200) > 0, "{scenario}: writes went through");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_middlebox_that_stops_forwarding_never_hangs_a_request() {
+    let Some(url) = pg_url("a_middlebox_that_stops_forwarding_never_hangs_a_request") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let admin = admin(&url).await;
+    prepare(&admin, true).await;
+    let (server, _) = via(&url, "127.0.0.1:1".parse().unwrap());
+    let proxy = Proxy::start(server).await;
+    let (_, through) = via(&url, proxy.addr);
+    let app = "fault_black_hole";
+    let pool = pool(&through, app);
+    pool.warm_up().await.unwrap();
+    let addr = serve(&pool).await;
+    let running = tokio::spawn(load(addr, 16, Duration::from_secs(14), 50_000));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.black_hole();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    proxy.forward();
+    let report = running.await.unwrap();
+    assert_bounded("black hole (6 s)", &report);
+    let tail = &report.outcomes[report.outcomes.len().saturating_sub(16)..];
+    assert!(tail.iter().any(|o| o.status == 200), "recovered: {tail:?}");
+    assert_recovered(&pool, &admin, app, &report).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_cut_by_a_middlebox_are_replaced() {
+    let Some(url) = pg_url("connections_cut_by_a_middlebox_are_replaced") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let admin = admin(&url).await;
+    prepare(&admin, false).await;
+    let (server, _) = via(&url, "127.0.0.1:1".parse().unwrap());
+    let proxy = Proxy::start(server).await;
+    let (_, through) = via(&url, proxy.addr);
+    let app = "fault_cut";
+    let pool = pool(&through, app);
+    pool.warm_up().await.unwrap();
+    let addr = serve(&pool).await;
+    let running = tokio::spawn(load(addr, 16, Duration::from_secs(8), 50_000));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        proxy.cut();
+    }
+    let report = running.await.unwrap();
+    assert_bounded("connections cut (3 times)", &report);
+    assert!(pool.stats().connections_created > u64::from(pool_e2e::fault::BASE));
+    assert_recovered(&pool, &admin, app, &report).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pooled_backend_terminated_mid_load_is_replaced() {
+    let Some(url) = pg_url("every_pooled_backend_terminated_mid_load_is_replaced") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let admin = admin(&url).await;
+    prepare(&admin, false).await;
+    let app = "fault_terminate";
+    let pool = pool(&url, app);
+    pool.warm_up().await.unwrap();
+    let addr = serve(&pool).await;
+    let running = tokio::spawn(load(addr, 16, Duration::from_secs(8), 50_000));
+    let mut terminated = 0;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rows = admin
+            .query(
+                "select pg_terminate_backend(pid) from pg_stat_activity \
+                 where application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap();
+        terminated += rows.len();
+    }
+    let report = running.await.unwrap();
+    println!("terminated {terminated} backends");
+    assert!(terminated >= 2 * pool_e2e::fault::BASE as usize);
+    assert_bounded("pg_terminate_backend (twice)", &report);
+    assert_recovered(&pool, &admin, app, &report).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_past_the_operation_timeout_are_cut_off_while_others_are_served() {
+    let Some(url) =
+        pg_url("queries_past_the_operation_timeout_are_cut_off_while_others_are_served")
+    else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let admin = admin(&url).await;
+    prepare(&admin, false).await;
+    let app = "fault_pg_sleep";
+    let pool = pool(&url, app);
+    pool.warm_up().await.unwrap();
+    let addr = serve(&pool).await;
+    let writers = tokio::spawn(load(addr, 8, Duration::from_secs(6), 50_000));
+    let sleepers: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for _ in 0..2 {
+                    outcomes.push(request(addr, "GET", "/slow/30000", REQUEST_BOUND * 2).await);
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut slow = Vec::new();
+    for s in sleepers {
+        slow.extend(s.await.unwrap());
+    }
+    let report = writers.await.unwrap();
+    for o in &slow {
+        assert_eq!(o.status, 504, "{o:?}");
+        assert!(
+            o.took <= OPERATION_TIMEOUT + CHECKOUT_TIMEOUT + MARGIN,
+            "{o:?}"
+        );
+    }
+    println!(
+        "pg_sleep(30) x {}: all 504, max {:?}",
+        slow.len(),
+        slow.iter().map(|o| o.took).max()
+    );
+    assert_bounded("queries past the operation timeout", &report);
+    assert!(pool.stats().connections_closed.broken >= slow.len() as u64);
+    assert_recovered(&pool, &admin, app, &report).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_hang_up_leave_no_busy_or_leaked_connection() {
+    let Some(url) = pg_url("clients_that_hang_up_leave_no_busy_or_leaked_connection") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let admin = admin(&url).await;
+    prepare(&admin, false).await;
+    let app = "fault_hang_up";
+    let pool = pool(&url, app);
+    pool.warm_up().await.unwrap();
+    let addr = serve(&pool).await;
+    // 24 clients on a pool of 8: 8 hang up mid-query, 16 while waiting for a connection.
+    let quitters: Vec<_> = (0..24)
+        .map(|_| {
+            tokio::spawn(async move {
+                request(addr, "GET", "/slow/10000", Duration::from_millis(300)).await
+            })
+        })
+        .collect();
+    for q in quitters {
+        assert_eq!(q.await.unwrap().status, 0, "the client hung up");
+    }
+    // A connection handed back mid-query would make the next borrower wait for pg_sleep(10)
+    // and time out (504): every write must succeed.
+    let report = load(addr, 8, Duration::from_secs(3), 2_000).await;
+    assert_bounded("clients hanging up", &report);
+    assert_eq!(
+        report.count(200),
+        report.outcomes.len(),
+        "{}",
+        report.summary()
+    );
+    assert!(pool.stats().connections_closed.broken >= 1);
+    assert_eq!(pool.stats().pending, 0);
+    assert_recovered(&pool, &admin, app, &report).await;
+}
+
+/// Packet loss for real: inside a private network namespace (`unshare -n`), a private
+/// PostgreSQL server and the service, and nftables dropping every packet to and from the
+/// server's port for 6 s. The test runs itself again inside the namespace.
+#[test]
+fn packet_loss_in_a_private_network_namespace_never_hangs_a_request() {
+    const NAME: &str = "packet_loss_in_a_private_network_namespace_never_hangs_a_request";
+    if std::env::var_os("POOL_FAULT_IN_NETNS").is_some() {
+        return in_namespace();
+    }
+    let _serial = SERIAL.blocking_lock();
+    let ready = Command::new("unshare")
+        .args(["-n", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new("nft").arg("--version").output().is_ok();
+    if !ready {
+        assert!(
+            !in_ci(),
+            "{NAME}: needs root, unshare and nftables (scripts/test.sh installs nftables)"
+        );
+        eprintln!("SKIPPED {NAME}: network namespaces or nftables unavailable here");
+        return;
+    }
+    let out = Command::new("unshare")
+        .arg("-n")
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env("POOL_FAULT_IN_NETNS", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The inner harness prints `test <name> ... ` before the scenario's own line.
+    for line in text
+        .lines()
+        .filter_map(|l| l.find("packet loss (").map(|i| &l[i..]))
+    {
+        println!("{line}");
+    }
+    assert!(out.status.success(), "inside the namespace:\n{text}");
+    assert!(
+        text.contains("packet loss (6 s)"),
+        "the scenario ran:\n{text}"
+    );
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn in_namespace() {
+    run("ip", &["link", "set", "lo", "up"]);
+    let port = "55499";
+    let pg_root = format!("/tmp/pool-pg-netns-{port}");
+    let pg = |action: &str| {
+        Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg.sh"))
+            .arg(action)
+            .env("PGPORT", port)
+            .env("PG_ROOT", &pg_root)
+            .output()
+            .unwrap()
+    };
+    let _ = pg("destroy");
+    let started = pg("start");
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let url = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+    let outcome = std::panic::catch_unwind(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(packet_loss(&url, port))
+    });
+    let _ = pg("destroy");
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn packet_loss(url: &str, port: &str) {
+    let admin = admin(url).await;
+    prepare(&admin, true).await;
+    let app = "fault_packet_loss";
+    let pool = pool(url, app);
+    pool.warm_up().await.unwrap();
+    let addr = serve(&pool).await;
+    let running = tokio::spawn(load(addr, 16, Duration::from_secs(16), 50_000));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    run("nft", &["add", "table", "inet", "fault"]);
+    run(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "inet",
+            "fault",
+            "input",
+            "{ type filter hook input priority 0; }",
+        ],
+    );
+    run(
+        "nft",
+        &[
+            "add", "rule", "inet", "fault", "input", "tcp", "dport", port, "drop",
+        ],
+    );
+    run(
+        "nft",
+        &[
+            "add", "rule", "inet", "fault", "input", "tcp", "sport", port, "drop",
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    run("nft", &["delete", "table", "inet", "fault"]);
+    let report = running.await.unwrap();
+    assert_bounded("packet loss (6 s)", &report);
+    let tail = &report.outcomes[report.outcomes.len().saturating_sub(16)..];
+    assert!(tail.iter().any(|o| o.status == 200), "recovered: {tail:?}");
+    // The admin connection lived through the loss too; a fresh one is certain.
+    let admin = pool_e2e::fault::admin(url).await;
+    assert_recovered(&pool, &admin, app, &report).await;
+}
