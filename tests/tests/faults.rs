@@ -70,6 +70,7 @@ async fn a_middlebox_that_stops_forwarding_never_hangs_a_request() {
         return;
     };
     let _serial = SERIAL.lock().await;
+    let started = std::time::Instant::now();
     let admin = admin(&url).await;
     prepare(&admin, true).await;
     let (server, _) = via(&url, "127.0.0.1:1".parse().unwrap());
@@ -89,6 +90,10 @@ async fn a_middlebox_that_stops_forwarding_never_hangs_a_request() {
     let tail = &report.outcomes[report.outcomes.len().saturating_sub(16)..];
     assert!(tail.iter().any(|o| o.status == 200), "recovered: {tail:?}");
     assert_recovered(&pool, &admin, app, &report).await;
+    println!(
+        "{app}: scenario and recovery took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,6 +102,7 @@ async fn connections_cut_by_a_middlebox_are_replaced() {
         return;
     };
     let _serial = SERIAL.lock().await;
+    let started = std::time::Instant::now();
     let admin = admin(&url).await;
     prepare(&admin, false).await;
     let (server, _) = via(&url, "127.0.0.1:1".parse().unwrap());
@@ -115,6 +121,10 @@ async fn connections_cut_by_a_middlebox_are_replaced() {
     assert_bounded("connections cut (3 times)", &report);
     assert!(pool.stats().connections_created > u64::from(pool_e2e::fault::BASE));
     assert_recovered(&pool, &admin, app, &report).await;
+    println!(
+        "{app}: scenario and recovery took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,6 +133,7 @@ async fn every_pooled_backend_terminated_mid_load_is_replaced() {
         return;
     };
     let _serial = SERIAL.lock().await;
+    let started = std::time::Instant::now();
     let admin = admin(&url).await;
     prepare(&admin, false).await;
     let app = "fault_terminate";
@@ -148,6 +159,10 @@ async fn every_pooled_backend_terminated_mid_load_is_replaced() {
     assert!(terminated >= 2 * pool_e2e::fault::BASE as usize);
     assert_bounded("pg_terminate_backend (twice)", &report);
     assert_recovered(&pool, &admin, app, &report).await;
+    println!(
+        "{app}: scenario and recovery took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,6 +173,7 @@ async fn queries_past_the_operation_timeout_are_cut_off_while_others_are_served(
         return;
     };
     let _serial = SERIAL.lock().await;
+    let started = std::time::Instant::now();
     let admin = admin(&url).await;
     prepare(&admin, false).await;
     let app = "fault_pg_sleep";
@@ -196,6 +212,10 @@ async fn queries_past_the_operation_timeout_are_cut_off_while_others_are_served(
     assert_bounded("queries past the operation timeout", &report);
     assert!(pool.stats().connections_closed.broken >= slow.len() as u64);
     assert_recovered(&pool, &admin, app, &report).await;
+    println!(
+        "{app}: scenario and recovery took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,6 +224,7 @@ async fn clients_that_hang_up_leave_no_busy_or_leaked_connection() {
         return;
     };
     let _serial = SERIAL.lock().await;
+    let started = std::time::Instant::now();
     let admin = admin(&url).await;
     prepare(&admin, false).await;
     let app = "fault_hang_up";
@@ -234,6 +255,10 @@ async fn clients_that_hang_up_leave_no_busy_or_leaked_connection() {
     assert!(pool.stats().connections_closed.broken >= 1);
     assert_eq!(pool.stats().pending, 0);
     assert_recovered(&pool, &admin, app, &report).await;
+    println!(
+        "{app}: scenario and recovery took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Packet loss for real: inside a private network namespace (`unshare -n`), a private
@@ -272,10 +297,12 @@ fn packet_loss_in_a_private_network_namespace_never_hangs_a_request() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The inner harness prints `test <name> ... ` before the scenario's own line.
-    for line in text
-        .lines()
-        .filter_map(|l| l.find("packet loss (").map(|i| &l[i..]))
-    {
+    for line in text.lines().filter_map(|l| {
+        ["packet loss (", "fault_packet_loss:"]
+            .iter()
+            .find_map(|p| l.find(p))
+            .map(|i| &l[i..])
+    }) {
         println!("{line}");
     }
     assert!(out.status.success(), "inside the namespace:\n{text}");
@@ -330,6 +357,7 @@ fn in_namespace() {
 }
 
 async fn packet_loss(url: &str, port: &str) {
+    let started = std::time::Instant::now();
     let admin = admin(url).await;
     prepare(&admin, true).await;
     let app = "fault_packet_loss";
@@ -371,4 +399,8 @@ async fn packet_loss(url: &str, port: &str) {
     // The admin connection lived through the loss too; a fresh one is certain.
     let admin = pool_e2e::fault::admin(url).await;
     assert_recovered(&pool, &admin, app, &report).await;
+    println!(
+        "{app}: scenario and recovery took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
