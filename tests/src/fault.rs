@@ -203,19 +203,21 @@ pub async fn load(
     duration: Duration,
     max_requests: u64,
 ) -> Report {
-    let next_id = Arc::new(AtomicU64::new(1));
+    // Ids are unique in the process, so loads one after another never collide.
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let sent = Arc::new(AtomicU64::new(0));
     let report = Arc::new(Mutex::new(Report::default()));
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let next_id = next_id.clone();
+        let sent = sent.clone();
         let report = report.clone();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                let id = next_id.fetch_add(1, SeqCst);
-                if id > max_requests {
+                if sent.fetch_add(1, SeqCst) >= max_requests {
                     break;
                 }
+                let id = NEXT_ID.fetch_add(1, SeqCst);
                 let outcome =
                     request(addr, "POST", &format!("/write/{id}"), REQUEST_BOUND * 2).await;
                 {

@@ -261,6 +261,40 @@ async fn clients_that_hang_up_leave_no_busy_or_leaked_connection() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_load_above_the_base_opens_no_connections_after_warm_up() {
+    let Some(url) = pg_url("steady_load_above_the_base_opens_no_connections_after_warm_up") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let started = std::time::Instant::now();
+    let admin = admin(&url).await;
+    prepare(&admin, false).await;
+    let app = "fault_steady";
+    let pool = pool(&url, app);
+    pool.warm_up().await.unwrap();
+    let addr = serve(&pool).await;
+    // 6 clients on a base of 4 (maximum 8): steadily above the base, for 10 s.
+    let warm = load(addr, 6, Duration::from_secs(1), 50_000).await;
+    let after_warm_up = pool.stats().connections_created;
+    let report = load(addr, 6, Duration::from_secs(10), 200_000).await;
+    let opened = pool.stats().connections_created - after_warm_up;
+    println!(
+        "steady load above the base: {}; {opened} connections opened after warm-up ({} during it)",
+        report.summary(),
+        after_warm_up
+    );
+    assert_eq!(warm.count(200), warm.outcomes.len());
+    assert_eq!(report.count(200), report.outcomes.len());
+    assert_eq!(opened, 0, "overflow connections are reused, not reopened");
+    assert_eq!(pool.stats().connections_closed.total(), 0);
+    assert_recovered(&pool, &admin, app, &report).await;
+    println!(
+        "{app}: scenario and recovery took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// Packet loss for real: inside a private network namespace (`unshare -n`), a private
 /// PostgreSQL server and the service, and nftables dropping every packet to and from the
 /// server's port for 6 s. The test runs itself again inside the namespace.
