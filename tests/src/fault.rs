@@ -28,7 +28,9 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MARGIN: Duration = Duration::from_secs(2);
 /// The longest any request may take: a checkout (validation included) and one operation,
 /// each at its timeout, plus the margin.
-pub const REQUEST_BOUND: Duration = Duration::from_secs(2 + 2 + 2);
+pub const REQUEST_BOUND: Duration = Duration::from_secs(
+    CHECKOUT_TIMEOUT.as_secs() + OPERATION_TIMEOUT.as_secs() + MARGIN.as_secs(),
+);
 /// The pool's base size.
 pub const BASE: u32 = 4;
 /// Idle timeout for connections above the base.
@@ -94,9 +96,10 @@ pub async fn admin(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// A fresh table of acknowledged writes.
-pub async fn prepare(admin: &tokio_postgres::Client, table_owner_reset: bool) {
-    if table_owner_reset {
+/// A fresh table of acknowledged writes (`recreate`: dropped and created again, for a
+/// server the suite has not used yet).
+pub async fn prepare(admin: &tokio_postgres::Client, recreate: bool) {
+    if recreate {
         admin
             .batch_execute("drop table if exists fault_acks")
             .await
@@ -242,6 +245,31 @@ pub async fn load(
         .unwrap_or_default()
 }
 
+/// Waits (bounded) until no session of the pool is still running a query the pool gave up
+/// on: the cancel request it sends reached the server.
+pub async fn assert_no_orphaned_query(admin: &tokio_postgres::Client, application_name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let running: i64 = admin
+            .query_one(
+                "select count(*) from pg_stat_activity where application_name = $1 \
+                 and state = 'active' and query like '%pg_sleep%'",
+                &[&application_name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{running} abandoned queries still run on the server"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The checks after every fault: every acknowledged write is in the table, no session of
 /// the pool is left idle in a transaction, and the pool comes to rest at exactly its base
 /// (size = idle = base) within the idle timeout plus a margin.
@@ -251,7 +279,7 @@ pub async fn assert_recovered(
     application_name: &str,
     report: &Report,
 ) {
-    let rows: Vec<i64> = admin
+    let rows: std::collections::HashSet<i64> = admin
         .query("select id from fault_acks", &[])
         .await
         .unwrap()

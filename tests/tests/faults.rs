@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use pool_core::postgres::tokio_postgres;
 use pool_e2e::fault::{
-    admin, assert_recovered, load, pool, prepare, request, serve, Proxy, CHECKOUT_TIMEOUT, MARGIN,
-    OPERATION_TIMEOUT, REQUEST_BOUND,
+    admin, assert_no_orphaned_query, assert_recovered, load, pool, prepare, request, serve, Proxy,
+    Report, CHECKOUT_TIMEOUT, MARGIN, OPERATION_TIMEOUT, REQUEST_BOUND,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -38,18 +38,31 @@ fn pg_url(test: &str) -> Option<String> {
     }
 }
 
-/// The server's address and the URL with its host and port replaced by `addr`.
+/// The server's address and the URL with its host and port replaced by `addr` (the test
+/// server is on 127.0.0.1; anything else would bypass the proxy, so it fails here).
 fn via(url: &str, addr: SocketAddr) -> (SocketAddr, String) {
     let config: tokio_postgres::Config = url.parse().unwrap();
     let port = config.get_ports()[0];
     let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    (
-        server,
-        url.replace(&format!("127.0.0.1:{port}"), &addr.to_string()),
-    )
+    let through = url.replace(&format!("127.0.0.1:{port}"), &addr.to_string());
+    assert!(
+        through.contains(&addr.to_string()),
+        "{url} is not on 127.0.0.1:{port}"
+    );
+    (server, through)
 }
 
-fn assert_bounded(scenario: &str, report: &pool_e2e::fault::Report) {
+/// The fault reached the clients: some requests were turned away or cut off.
+fn assert_felt(scenario: &str, report: &Report, statuses: &[u16]) {
+    let felt: usize = statuses.iter().map(|s| report.count(*s)).sum();
+    assert!(
+        felt > 0,
+        "{scenario}: the fault had no effect: {}",
+        report.summary()
+    );
+}
+
+fn assert_bounded(scenario: &str, report: &Report) {
     println!("{scenario}: {}", report.summary());
     assert!(
         report.slowest() <= REQUEST_BOUND,
@@ -87,6 +100,7 @@ async fn a_middlebox_that_stops_forwarding_never_hangs_a_request() {
     proxy.forward();
     let report = running.await.unwrap();
     assert_bounded("black hole (6 s)", &report);
+    assert_felt("black hole", &report, &[503, 504]);
     let tail = &report.outcomes[report.outcomes.len().saturating_sub(16)..];
     assert!(tail.iter().any(|o| o.status == 200), "recovered: {tail:?}");
     assert_recovered(&pool, &admin, app, &report).await;
@@ -119,7 +133,12 @@ async fn connections_cut_by_a_middlebox_are_replaced() {
     }
     let report = running.await.unwrap();
     assert_bounded("connections cut (3 times)", &report);
-    assert!(pool.stats().connections_created > u64::from(pool_e2e::fault::BASE));
+    let s = pool.stats();
+    assert!(
+        report.count(500) > 0 || s.connections_closed.broken + s.connections_closed.invalid > 0,
+        "the cuts were felt: {}",
+        report.summary()
+    );
     assert_recovered(&pool, &admin, app, &report).await;
     println!(
         "{app}: scenario and recovery took {:.1} s",
@@ -211,6 +230,7 @@ async fn queries_past_the_operation_timeout_are_cut_off_while_others_are_served(
     );
     assert_bounded("queries past the operation timeout", &report);
     assert!(pool.stats().connections_closed.broken >= slow.len() as u64);
+    assert_no_orphaned_query(&admin, app).await;
     assert_recovered(&pool, &admin, app, &report).await;
     println!(
         "{app}: scenario and recovery took {:.1} s",
@@ -231,19 +251,21 @@ async fn clients_that_hang_up_leave_no_busy_or_leaked_connection() {
     let pool = pool(&url, app);
     pool.warm_up().await.unwrap();
     let addr = serve(&pool).await;
-    // 24 clients on a pool of 8: 8 hang up mid-query, 16 while waiting for a connection.
+    // 24 clients on a pool of 8 hang up after 300 ms: 8 mid-query, 16 while waiting for a
+    // connection.
     let quitters: Vec<_> = (0..24)
         .map(|_| {
             tokio::spawn(async move {
-                request(addr, "GET", "/slow/10000", Duration::from_millis(300)).await
+                request(addr, "GET", "/slow/30000", Duration::from_millis(300)).await
             })
         })
         .collect();
     for q in quitters {
         assert_eq!(q.await.unwrap().status, 0, "the client hung up");
     }
-    // A connection handed back mid-query would make the next borrower wait for pg_sleep(10)
-    // and time out (504): every write must succeed.
+    // A connection handed back mid-query would make the next borrower wait for pg_sleep(30)
+    // and time out (504): every write must succeed. And the abandoned sleeps are cancelled
+    // on the server, not left to run for 30 s.
     let report = load(addr, 8, Duration::from_secs(3), 2_000).await;
     assert_bounded("clients hanging up", &report);
     assert_eq!(
@@ -254,6 +276,7 @@ async fn clients_that_hang_up_leave_no_busy_or_leaked_connection() {
     );
     assert!(pool.stats().connections_closed.broken >= 1);
     assert_eq!(pool.stats().pending, 0);
+    assert_no_orphaned_query(&admin, app).await;
     assert_recovered(&pool, &admin, app, &report).await;
     println!(
         "{app}: scenario and recovery took {:.1} s",
@@ -357,8 +380,10 @@ fn run(cmd: &str, args: &[&str]) {
 
 fn in_namespace() {
     run("ip", &["link", "set", "lo", "up"]);
+    // A data directory of this run's own: the namespace has its own ports, but the file
+    // system is shared with any other run.
     let port = "55499";
-    let pg_root = format!("/tmp/pool-pg-netns-{port}");
+    let pg_root = format!("/tmp/pool-pg-netns-{}", std::process::id());
     let pg = |action: &str| {
         Command::new("bash")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg.sh"))
@@ -428,10 +453,11 @@ async fn packet_loss(url: &str, port: &str) {
     run("nft", &["delete", "table", "inet", "fault"]);
     let report = running.await.unwrap();
     assert_bounded("packet loss (6 s)", &report);
+    assert_felt("packet loss", &report, &[503, 504]);
     let tail = &report.outcomes[report.outcomes.len().saturating_sub(16)..];
     assert!(tail.iter().any(|o| o.status == 200), "recovered: {tail:?}");
     // The admin connection lived through the loss too; a fresh one is certain.
-    let admin = pool_e2e::fault::admin(url).await;
+    let admin = self::admin(url).await;
     assert_recovered(&pool, &admin, app, &report).await;
     println!(
         "{app}: scenario and recovery took {:.1} s",

@@ -53,6 +53,7 @@ pub struct PoolBuilder<M: ManageConnection> {
     backend: Option<String>,
     classify: Option<Classify<M::Error>>,
     describe: fn(&M::Error) -> String,
+    cancel: Option<crate::shared::CancelHook>,
     _manager: PhantomData<fn() -> M>,
 }
 
@@ -86,6 +87,7 @@ impl<M: ManageConnection> PoolBuilder<M> {
             backend: None,
             classify: None,
             describe: debug_text::<M::Error>,
+            cancel: None,
             _manager: PhantomData,
         }
     }
@@ -252,6 +254,20 @@ impl<M: ManageConnection> PoolBuilder<M> {
         self
     }
 
+    /// How to ask the database to stop what a connection is running, for an operation the
+    /// pool gives up on (past the operation timeout, or abandoned by its caller) before it
+    /// closes the connection; closing alone leaves the server running it. Called inside the
+    /// runtime; spawn what it needs to await. The PostgreSQL backend sends a cancel request.
+    /// Defaults to nothing.
+    pub fn cancel_with(mut self, f: impl Fn(&M::Connection) + Send + Sync + 'static) -> Self {
+        self.cancel = Some(Arc::new(move |conn: &dyn std::any::Any| {
+            if let Some(conn) = conn.downcast_ref::<M::Connection>() {
+                f(conn);
+            }
+        }));
+        self
+    }
+
     /// The configuration as it stands.
     pub fn current_config(&self) -> &PoolConfig {
         &self.config
@@ -305,7 +321,13 @@ impl<M: ManageConnection> PoolBuilder<M> {
             .or_else(|| config.backend().map(|b| b.system_name().to_owned()))
             .unwrap_or_else(|| "custom".to_owned());
         let name = config.effective_name();
-        let shared = Arc::new(Shared::new(name, backend, config.clone(), self.observers));
+        let shared = Arc::new(Shared::new(
+            name,
+            backend,
+            config.clone(),
+            self.observers,
+            self.cancel,
+        ));
         let managed = Managed {
             inner: Arc::new(manager),
             shared: shared.clone(),
@@ -325,7 +347,12 @@ impl<M: ManageConnection> PoolBuilder<M> {
             .idle_timeout(None)
             .test_on_check_out(false)
             .retry_connection(true)
-            .queue_strategy(bb8::QueueStrategy::Fifo)
+            // Idle connections as a stack: the most recently used goes out first, so under
+            // light load the others stay idle and the reaper can close those above the base
+            // (a queue would touch every one in turn and keep them all open), and the one
+            // handed out is the likeliest to be within the pre-ping bypass window. Waiting
+            // checkouts are still served first come, first served.
+            .queue_strategy(bb8::QueueStrategy::Lifo)
             .build_unchecked(managed.clone());
         let classify = self
             .classify

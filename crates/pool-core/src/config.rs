@@ -130,20 +130,21 @@ pub struct PoolConfig {
     /// never put back. Defaults to 3 s.
     pub validation_timeout: Duration,
     /// TCP keepalive for PostgreSQL connections: idle time before the first probe, then
-    /// probes every half of it, three at most (`DB_POOL_TCP_KEEPALIVE`; `0` or `off` leaves
-    /// keepalives off). A DSN's own `keepalives_idle` wins. Defaults to 10 s.
+    /// probes every half of it (`DB_POOL_TCP_KEEPALIVE`, whole seconds from 1 to 32767; `0`
+    /// or `off` turns keepalives off). Applied by `build_postgres`; a DSN's own keepalive
+    /// settings win. Defaults to 10 s.
     pub tcp_keepalive: Option<Duration>,
     /// TCP user timeout for PostgreSQL connections (Linux `TCP_USER_TIMEOUT`): how long sent
     /// data may stay unacknowledged before the kernel gives up on the peer
-    /// (`DB_POOL_TCP_USER_TIMEOUT`; `0` or `off` for the system's default). A DSN's own
-    /// `tcp_user_timeout` wins. Defaults to 10 s.
+    /// (`DB_POOL_TCP_USER_TIMEOUT`; `0` or `off` for the system's default). Applied by
+    /// `build_postgres`; a DSN's own `tcp_user_timeout` wins. Defaults to 10 s.
     pub tcp_user_timeout: Option<Duration>,
     /// How long a connection above `base_size` may sit idle before it is closed
     /// (`DB_POOL_IDLE_TIMEOUT`; `0` or `off`: never). Overflow connections are not closed the
     /// moment they come back, so steady load between the base and the maximum does not open
     /// and close a connection per request; at rest the pool shrinks to its base within this
-    /// timeout plus a quarter of it (at most 5 s more). The base itself is kept. Defaults to
-    /// 60 s.
+    /// timeout plus the reaper's period (a quarter of it, at least 250 ms and at most 5 s).
+    /// The base itself is kept. Defaults to 60 s.
     pub idle_timeout: Option<Duration>,
     /// Warn when a connection is held longer than this (`DB_POOL_LEAK_THRESHOLD`).
     /// Defaults to `None` (off).
@@ -365,18 +366,14 @@ impl PoolConfig {
                 "a warning threshold below the critical threshold",
             );
         }
-        if let (Some(idle), Some(life)) = (self.idle_timeout, self.max_lifetime) {
+        // The kernel takes the keepalive idle time in whole seconds, at most 32767.
+        if let Some(idle) = self.tcp_keepalive {
             check(
-                idle < life,
-                Setting::IdleTimeout,
-                format!(
-                    "{} (with {} = {})",
-                    secs(idle),
-                    Setting::Recycle.label(),
-                    secs(life)
-                ),
-                "not shorter than the maximum lifetime",
-                "an idle timeout shorter than the maximum lifetime",
+                idle.subsec_nanos() == 0 && (1..=32_767).contains(&idle.as_secs()),
+                Setting::TcpKeepalive,
+                secs(idle),
+                "not a whole number of seconds from 1 to 32767",
+                "whole seconds from 1 to 32767 (e.g. 10 or 30s), or 0 or off",
             );
         }
         check(

@@ -3,8 +3,8 @@
 //! bb8 has no check-in or check-out hooks; its only callbacks are the manager's `connect`,
 //! `is_valid` (on checkout, which the pool turns off to validate in its own checkout) and
 //! `has_broken` (on return). Wrapping the manager is therefore how the pool sees every connect
-//! (for the circuit breaker), applies lifetime jitter, forced recycling and overflow closing
-//! on return, and counts every close by reason; the pool's checkout and monitor validate
+//! (for the circuit breaker), applies lifetime jitter and forced recycling on return, and
+//! counts every close by reason; the pool's checkout and monitor validate
 //! through the same wrapper.
 
 use std::fmt;
@@ -95,9 +95,10 @@ impl<C> Drop for Tracked<C> {
         if meta.shared.closing.load(Relaxed) && meta.close.is_none() {
             return;
         }
-        // A close the pool did not decide itself is bb8's reaper, which the pool uses for the
-        // idle timeout only (lifetimes are the pool's own, jittered).
-        let reason = meta.close.unwrap_or(CloseReason::IdleTimeout);
+        // Every close the pool decides carries its reason; bb8 drops a connection without
+        // asking only when `add` refuses it (the pool marks those `Overflow` first), so an
+        // unmarked close is counted as the driver's breakage.
+        let reason = meta.close.unwrap_or(CloseReason::Broken);
         meta.shared.counters.closed[reason.index()].fetch_add(1, Relaxed);
         meta.shared.emit(&PoolEvent::ConnectionClosed { reason });
         tracing::debug!(pool = %meta.shared.name, reason = reason.as_str(), "connection closed");
@@ -282,6 +283,9 @@ pub struct PooledConnection<M: ManageConnection> {
     checked_out_at: Stamp,
     /// The leak registry's key, when leak detection is on.
     leak_id: Option<NonZeroU64>,
+    /// An operation the pool runs on it is in flight (see `Pool::run`): dropped now, it is
+    /// given up on.
+    in_flight: bool,
 }
 
 impl<M: ManageConnection> PooledConnection<M> {
@@ -294,6 +298,7 @@ impl<M: ManageConnection> PooledConnection<M> {
             conn,
             checked_out_at,
             leak_id,
+            in_flight: false,
         }
     }
 
@@ -315,26 +320,43 @@ impl<M: ManageConnection> PooledConnection<M> {
         self.conn.meta.close.get_or_insert(CloseReason::Broken);
     }
 
-    /// Marks the connection to be closed on return unless [`PooledConnection::done`] is
-    /// called with what this returns: armed around an operation, so that an operation
-    /// abandoned midway (its future dropped) never hands a busy connection back.
-    pub(crate) fn condemn_until_done(&mut self) -> Option<CloseReason> {
-        self.conn.meta.close.replace(CloseReason::Broken)
+    /// An operation starts on this connection: if the connection is dropped before
+    /// [`PooledConnection::done`] (the operation's future was dropped, its caller gave up),
+    /// the operation is given up on, as by [`PooledConnection::abandon_operation`].
+    pub(crate) fn operation_started(&mut self) {
+        self.in_flight = true;
     }
 
-    /// The operation armed by [`PooledConnection::condemn_until_done`] finished.
-    pub(crate) fn done(&mut self, before: Option<CloseReason>) {
-        self.conn.meta.close = before;
+    /// The operation started by [`PooledConnection::operation_started`] finished.
+    pub(crate) fn done(&mut self) {
+        self.in_flight = false;
+    }
+
+    /// The operation running on this connection was given up on (its caller went away): the
+    /// connection is closed when returned (counted `broken`) instead of being handed, perhaps
+    /// still busy, to the next borrower, and the database is asked to stop the operation
+    /// (see [`PoolBuilder::cancel_with`](crate::PoolBuilder::cancel_with)).
+    pub fn abandon_operation(&mut self) {
+        self.discard();
+        self.cancel_on_server();
+    }
+
+    fn cancel_on_server(&self) {
+        if let Some(cancel) = &self.shared().cancel {
+            cancel(&self.conn.conn as &dyn std::any::Any);
+        }
     }
 
     /// An operation on this connection ran past `limit` and was abandoned: the connection
-    /// is in an unknown state (a query may still be running on the server), so it is closed
-    /// when returned, and the breaker counts a failure.
+    /// is in an unknown state, so it is closed when returned, the breaker counts a failure,
+    /// and the database is asked to stop the operation (see
+    /// [`PoolBuilder::cancel_with`](crate::PoolBuilder::cancel_with)).
     pub fn report_operation_timeout(&mut self, limit: Duration) {
         self.report_connection_failure(&format!(
             "operation timed out after {}ms",
             limit.as_millis()
         ));
+        self.cancel_on_server();
     }
 
     pub(crate) fn report_connection_failure(&mut self, text: &str) {
@@ -369,6 +391,9 @@ impl<M: ManageConnection> fmt::Debug for PooledConnection<M> {
 
 impl<M: ManageConnection> Drop for PooledConnection<M> {
     fn drop(&mut self) {
+        if self.in_flight {
+            self.abandon_operation();
+        }
         // Works on the connection in place; bb8's guard (the field) then puts it back.
         let meta = &mut *self.conn.meta;
         let shared = &*meta.shared;

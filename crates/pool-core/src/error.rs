@@ -24,7 +24,8 @@ pub struct PoolSnapshot {
     pub max: u32,
 }
 
-/// Why a checkout produced no connection.
+/// Why the pool could not serve a request: no connection in time, an open breaker, or (from
+/// pool-tower's layer) an operation that ran past the operation timeout.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum CheckoutError {

@@ -2,7 +2,6 @@
 //!
 //! Both hold only weak references and stop when the pool is dropped.
 
-use std::cell::Cell;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,29 +57,25 @@ pub(crate) fn spawn<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
 }
 
 /// The reaper's walk: idle connections above the base that have been idle for the idle
-/// timeout are closed (the longest idle first: bb8's queue hands out its oldest), and so is
-/// every idle connection past its lifetime.
+/// timeout are closed, and so is every idle connection past its lifetime; then the base is
+/// restored if a close took the pool below it.
 fn reap<M: ManageConnection>(pool: &Arc<PoolInner<M>>, idle_timeout: Duration) {
     let shared = &pool.shared;
     let now = shared.clock.now();
-    let base = u64::from(shared.config.base_size);
-    let surplus = Cell::new(shared.counters.open.load(Relaxed).saturating_sub(base));
-    let retired = Cell::new(false);
+    let base = shared.config.base_size;
+    let mut surplus = pool.bb8.state().connections.saturating_sub(base);
     pool.walk_idle(|conn| {
         if let Some(reason) = conn.meta.retire_reason(now) {
-            surplus.set(surplus.get().saturating_sub(1));
-            retired.set(true);
+            surplus = surplus.saturating_sub(1);
             return Some(reason);
         }
-        if surplus.get() > 0 && now.saturating_since(conn.meta.last_used) >= idle_timeout {
-            surplus.set(surplus.get() - 1);
-            return Some(CloseReason::Overflow);
+        if surplus > 0 && now.saturating_since(conn.meta.last_used) >= idle_timeout {
+            surplus -= 1;
+            return Some(CloseReason::IdleTimeout);
         }
         None
     });
-    // A connection past its lifetime may have been part of the base: restore it now, not at
-    // the next monitor tick.
-    if retired.get() && shared.connect_allowed() {
+    if pool.bb8.state().connections < base && shared.connect_allowed() {
         pool.spawn_top_up();
     }
 }

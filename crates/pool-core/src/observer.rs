@@ -138,14 +138,15 @@ impl CheckoutOutcome {
 pub enum CloseReason {
     /// Older than its (jittered) maximum lifetime.
     MaxLifetime,
-    /// Idle longer than the idle timeout.
+    /// Above `base_size` and idle for the idle timeout (closed by the pool's reaper).
     IdleTimeout,
-    /// Above `base_size` and idle for the idle timeout, or opened by a top-up that load had
-    /// already overtaken.
+    /// Opened by a top-up that load had already overtaken (surplus above the maximum).
     Overflow,
-    /// Found closed or broken by the driver.
+    /// Found closed or broken by the driver, or given up on: its operation ran past the
+    /// operation timeout, or it was lent out when its request or `Pool::run` was dropped.
     Broken,
-    /// Failed its pre-ping.
+    /// Failed or timed out its validation (pre-ping or health probe), or its checkout was
+    /// abandoned mid-validation.
     Invalid,
     /// Closed by [`Pool::force_recycle`](crate::Pool::force_recycle).
     Forced,

@@ -53,26 +53,35 @@ pub(crate) struct PoolInner<M: ManageConnection> {
 }
 
 impl<M: ManageConnection> PoolInner<M> {
-    /// Walks the idle queue once: each idle connection is taken (a ready, synchronous step)
-    /// and put back, and those for which `retire` names a reason are closed by the putting
-    /// back. Used for forced recycling and, on every monitor tick, for retiring idle
-    /// connections past their lifetime.
+    /// Walks the idle connections once: each is taken (a ready, synchronous step), and
+    /// those for which `retire` names a reason are closed when put back. Used for forced
+    /// recycling, the idle reaper and, without a reaper, for retiring idle connections past
+    /// their lifetime.
+    ///
+    /// bb8's idle queue is a stack (LIFO): a connection put back at once would be the next
+    /// one taken, so all are held until the walk ends and then put back oldest first, which
+    /// keeps the stack's order. bb8 is never asked for more than it has idle: a `get` on an
+    /// empty queue would open a connection.
     pub(crate) fn walk_idle(
         &self,
-        retire: impl Fn(&Tracked<M::Connection>) -> Option<CloseReason>,
+        mut retire: impl FnMut(&Tracked<M::Connection>) -> Option<CloseReason>,
     ) {
-        let idle = self.bb8.state().idle_connections;
         let mut cx = Context::from_waker(Waker::noop());
-        for _ in 0..idle {
+        let mut taken = Vec::new();
+        while self.bb8.state().idle_connections > 0 {
             let mut get = pin!(self.bb8.get());
             match get.as_mut().poll(&mut cx) {
                 Poll::Ready(Ok(mut conn)) => {
                     if let Some(reason) = retire(&conn) {
                         conn.meta.close.get_or_insert(reason);
                     }
+                    taken.push(conn);
                 }
                 _ => break,
             }
+        }
+        while let Some(conn) = taken.pop() {
+            drop(conn);
         }
     }
 
@@ -460,16 +469,15 @@ impl<M: ManageConnection> Pool<M> {
             let limit = self.inner.shared.config.breaker.operation_timeout;
             // If this future is dropped mid-operation (its caller gave up), the connection
             // may be mid-query: it is closed on return, not reused.
-            let before = conn.condemn_until_done();
+            conn.operation_started();
             let outcome = tokio::time::timeout(limit, op(&mut conn)).await;
+            conn.done();
             match outcome {
                 Ok(Ok(value)) => {
-                    conn.done(before);
                     self.inner.shared.record_success();
                     Ok(value)
                 }
                 Ok(Err(e)) => {
-                    conn.done(before);
                     self.report_error(&mut conn, &e);
                     Err(RunError::Operation(e))
                 }

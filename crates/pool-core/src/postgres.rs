@@ -84,8 +84,13 @@ const DRIVER_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 /// that vanished (a network black hole, a host that died) errors out instead of hanging;
 /// settings the DSN makes itself win. tokio-postgres' own defaults are a first keepalive
 /// probe after two hours and no user timeout.
+///
+/// The driver's parse cannot tell an explicit default from an absent setting, so a DSN's
+/// `keepalives_idle=7200` (its default) and `tcp_user_timeout=0` read as unset; `keepalives=0`
+/// is honoured.
 fn apply_socket_settings(config: &PoolConfig, pg: &mut tokio_postgres::Config) {
-    let dsn_sets_keepalive = pg.get_keepalives_idle() != DRIVER_KEEPALIVE_IDLE
+    let dsn_sets_keepalive = !pg.get_keepalives()
+        || pg.get_keepalives_idle() != DRIVER_KEEPALIVE_IDLE
         || pg.get_keepalives_interval().is_some()
         || pg.get_keepalives_retries().is_some();
     if !dsn_sets_keepalive {
@@ -142,8 +147,21 @@ where
             .expect("require_url checked that the URL is a PostgreSQL one")
             .clone();
         apply_socket_settings(self.current_config(), &mut pg_config);
+        let limit = self.current_config().connect_timeout;
+        let cancel_tls = tls.clone();
         let manager = PostgresConnectionManager::new(pg_config, tls);
         self.backend_name("postgresql")
+            .cancel_with(move |client: &tokio_postgres::Client| {
+                // A cancel request on a connection of its own, bounded like a connect: the
+                // server would otherwise run the abandoned query to its end.
+                let token = client.cancel_token();
+                let tls = cancel_tls.clone();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let _ = tokio::time::timeout(limit, token.cancel_query(tls)).await;
+                    });
+                }
+            })
             .classify_errors(is_connection_error)
             .describe_errors(describe)
             .build(manager)
@@ -224,6 +242,8 @@ mod tests {
         let pg = socket_settings("postgres://u@db/app", &off);
         assert!(!pg.get_keepalives());
         assert_eq!(pg.get_tcp_user_timeout(), None);
+        let pg = socket_settings("host=db keepalives=0", &PoolConfig::production());
+        assert!(!pg.get_keepalives(), "the DSN's keepalives=0 is honoured");
     }
 
     #[test]

@@ -24,6 +24,9 @@ use crate::url::DatabaseUrl;
 /// hovering at the threshold does not report every tick.
 pub(crate) const HYSTERESIS: f64 = 0.05;
 
+/// See [`Shared::cancel`].
+pub(crate) type CancelHook = Arc<dyn Fn(&dyn std::any::Any) + Send + Sync>;
+
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     pub(crate) backend: String,
@@ -50,6 +53,9 @@ pub(crate) struct Shared {
     pub(crate) top_up: tokio::sync::Mutex<()>,
     pub(crate) leaks: Option<LeakRegistry>,
     url: Option<DatabaseUrl>,
+    /// Asks the database to stop what a connection runs (PostgreSQL: a cancel request), for
+    /// an operation given up on; the connection is handed over as `&dyn Any`.
+    pub(crate) cancel: Option<CancelHook>,
     /// The smallest in-use count at or above the warn threshold (an integer compare on the
     /// checkout path instead of a division).
     warn_in_use: u64,
@@ -101,6 +107,7 @@ impl Shared {
         backend: String,
         config: PoolConfig,
         observers: Vec<Arc<dyn PoolObserver>>,
+        cancel: Option<CancelHook>,
     ) -> Self {
         let breaker = CircuitBreaker::new(config.breaker.clone());
         let leaks = config.leak_threshold.map(|threshold| LeakRegistry {
@@ -115,6 +122,7 @@ impl Shared {
             name: name.into(),
             backend,
             url: config.database_url.clone(),
+            cancel,
             breaker_state: AtomicU8::new(breaker.state().to_u8()),
             breaker: Mutex::new(breaker),
             breaker_failures: AtomicU32::new(0),

@@ -88,13 +88,13 @@ pub struct PoolStats {
 pub struct ClosedConnections {
     /// Older than the maximum lifetime.
     pub max_lifetime: u64,
-    /// Idle longer than the idle timeout.
+    /// Above the base and idle for the idle timeout.
     pub idle_timeout: u64,
-    /// Returned while the base was already idle.
+    /// Opened by a top-up that load had already overtaken.
     pub overflow: u64,
-    /// Found broken.
+    /// Found broken, timed out mid-operation, or lent out when its request was dropped.
     pub broken: u64,
-    /// Failed the pre-ping.
+    /// Failed or timed out its validation.
     pub invalid: u64,
     /// Closed by `force_recycle`.
     pub forced: u64,

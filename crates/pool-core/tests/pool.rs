@@ -90,11 +90,11 @@ async fn overflow_connections_linger_until_idle_for_the_idle_timeout_then_the_ba
     tokio::time::sleep(Duration::from_secs(60 + 5)).await;
     let s = pool.stats();
     assert_eq!((s.size, s.in_use, s.idle), (2, 0, 2));
-    assert_eq!(s.connections_closed.overflow, 3);
+    assert_eq!(s.connections_closed.idle_timeout, 3);
     assert_eq!(s.connections_closed.total(), 3);
     assert_eq!(s.connections_created, 5);
     assert_eq!(
-        recorder.count(|e| *e == Recorded::Closed(CloseReason::Overflow)),
+        recorder.count(|e| *e == Recorded::Closed(CloseReason::IdleTimeout)),
         3
     );
     assert_eq!(recorder.count(|e| *e == Recorded::Returned), 55);
@@ -114,6 +114,27 @@ async fn futures_join(
         held.push(pool.get().await.unwrap());
     }
     held
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_burst_light_load_lets_the_pool_shrink_to_its_base() {
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .idle_timeout(Duration::from_secs(60))
+        .build(manager)
+        .unwrap();
+    drop(futures_join(&pool, 5).await);
+    assert_eq!(pool.stats().size, 5);
+    // One request every 10 s: the most recently used connection serves it each time, so
+    // the others stay idle and those above the base are reaped.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        drop(pool.get().await.unwrap());
+    }
+    let s = pool.stats();
+    assert_eq!((s.size, s.idle), (2, 2), "{s:?}");
+    assert_eq!(s.connections_closed.idle_timeout, 3);
+    assert_eq!(state.connects.load(SeqCst), 5, "nothing reopened");
 }
 
 #[tokio::test(start_paused = true)]

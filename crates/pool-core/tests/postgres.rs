@@ -94,7 +94,7 @@ async fn base_two_plus_overflow_three_grows_to_five_and_shrinks_to_two_once_idle
     }
     let s = pool.stats();
     assert_eq!((s.size, s.in_use, s.idle), (2, 0, 2));
-    assert_eq!(s.connections_closed.overflow, 3);
+    assert_eq!(s.connections_closed.idle_timeout, 3);
     assert_eq!(s.connections_closed.total(), 3);
     assert_eq!(s.connections_created, 5);
     assert_eq!(s.checkouts_direct + s.checkouts_waited, 5);

@@ -61,9 +61,9 @@ pub(crate) struct Slot<M: ManageConnection> {
     waiting: AtomicUsize,
     /// Handles given to the request (not the service's own reference).
     handles: AtomicUsize,
-    /// Whether a `DbConn` is out (an operation may be running), and how many have been lent:
-    /// the response future runs the operation timeout while one is out, from the lend it saw.
-    lent: AtomicBool,
+    /// Counts lends and returns of the connection: odd while a `DbConn` is out (an operation
+    /// may be running). The response future runs the operation timeout while it is odd, from
+    /// the lend whose number it saw.
     lends: AtomicU32,
     /// Set by the response future when the lent connection ran past the operation timeout:
     /// the `DbConn`, dropped with the cancelled request, then closes its connection.
@@ -96,7 +96,6 @@ impl<M: ManageConnection> Slot<M> {
             returned: Notify::new(),
             waiting: AtomicUsize::new(0),
             handles: AtomicUsize::new(0),
-            lent: AtomicBool::new(false),
             lends: AtomicU32::new(0),
             timed_out: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
@@ -163,9 +162,8 @@ impl<M: ManageConnection> Slot<M> {
     /// The lend in progress, if a `DbConn` is out (numbered, so a new lend restarts the
     /// operation timeout).
     pub(crate) fn lend_in_progress(&self) -> Option<u32> {
-        self.lent
-            .load(Ordering::Relaxed)
-            .then(|| self.lends.load(Ordering::Relaxed))
+        let lends = self.lends.load(Ordering::Acquire);
+        (lends & 1 == 1).then_some(lends)
     }
 
     /// The lent connection ran past the operation timeout; it is closed when its `DbConn`
@@ -180,8 +178,7 @@ impl<M: ManageConnection> Slot<M> {
     }
 
     fn lend<'a>(&'a self, conn: PooledConnection<M>) -> DbConn<'a, M> {
-        self.lends.fetch_add(1, Ordering::Relaxed);
-        self.lent.store(true, Ordering::Relaxed);
+        self.lends.fetch_add(1, Ordering::Release);
         DbConn {
             conn: Some(conn),
             slot: self,
@@ -395,14 +392,17 @@ impl<M: ManageConnection> Drop for DbConn<'_, M> {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        self.slot.lent.store(false, Ordering::Relaxed);
-        if self.slot.timed_out.load(Ordering::Relaxed) {
-            conn.report_operation_timeout(self.slot.pool.config().breaker.operation_timeout);
-        } else if self.slot.abandoned.load(Ordering::Relaxed) {
-            // Dropped with an abandoned request, perhaps mid-query: not reusable.
-            conn.discard();
-        }
-        self.slot.change(|state| {
+        let slot = self.slot;
+        slot.lends.fetch_add(1, Ordering::Release);
+        slot.change(|state| {
+            // Read under the state lock, which the response future takes (releasing the
+            // slot) after it sets them.
+            if slot.timed_out.load(Ordering::Relaxed) {
+                conn.report_operation_timeout(slot.pool.config().breaker.operation_timeout);
+            } else if slot.abandoned.load(Ordering::Relaxed) {
+                // Dropped with an abandoned request, perhaps mid-query: not reusable.
+                conn.abandon_operation();
+            }
             Some(if matches!(*state, State::Released) {
                 // The response is already out (a leaked handle): back to the pool.
                 Some(conn)

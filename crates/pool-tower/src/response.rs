@@ -6,8 +6,11 @@ use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use pool_core::CheckoutError;
 
-/// Turns a failed checkout into a response. Implement it (or pass a closure
-/// `Fn(&CheckoutError) -> http::Response<B>`) to replace the default.
+/// Turns a request the pool could not serve into a response: a failed checkout, or an
+/// operation cancelled by the operation timeout ([`CheckoutError::OperationTimedOut`]).
+/// Implement it (or pass a closure `Fn(&CheckoutError) -> http::Response<B>`) to replace the
+/// default; a closure should tell the operation timeout apart with
+/// [`CheckoutError::is_operation_timeout`].
 pub trait Rejection<B>: Clone + Send + Sync + 'static {
     /// The response for `error`.
     fn rejection(&self, error: &CheckoutError) -> Response<B>;

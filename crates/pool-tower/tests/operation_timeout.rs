@@ -164,20 +164,21 @@ async fn grpc_gets_deadline_exceeded() {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_dropped_mid_operation_closes_its_connection_and_one_dropped_between_does_not() {
-    for lent in [true, false] {
+    for (lent, eager) in [(true, false), (false, false), (true, true), (false, true)] {
         let pool = pool();
         pool.warm_up().await.unwrap();
-        let service =
-            PoolLayer::new(pool.clone()).layer(service_fn(move |req: Request<()>| async move {
-                let db = req.extensions().get::<Db<Mem>>().cloned().unwrap();
-                let conn = db.conn().await.unwrap();
-                if !lent {
-                    drop(conn);
-                }
-                // Mid-query (or, with the connection given back, doing something else).
-                std::future::pending::<()>().await;
-                Ok::<_, Infallible>(Response::new(String::new()))
-            }));
+        let layer = PoolLayer::new(pool.clone());
+        let layer = if eager { layer.eager() } else { layer };
+        let service = layer.layer(service_fn(move |req: Request<()>| async move {
+            let db = req.extensions().get::<Db<Mem>>().cloned().unwrap();
+            let conn = db.conn().await.unwrap();
+            if !lent {
+                drop(conn);
+            }
+            // Mid-query (or, with the connection given back, doing something else).
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
         // The client hangs up after 1 s, before the operation timeout.
         let hung_up =
             tokio::time::timeout(Duration::from_secs(1), service.oneshot(Request::new(()))).await;
@@ -185,7 +186,10 @@ async fn a_request_dropped_mid_operation_closes_its_connection_and_one_dropped_b
         let s = pool.stats();
         assert_eq!(s.in_use, 0);
         let closed = u64::from(lent);
-        assert_eq!(s.connections_closed.broken, closed, "lent: {lent}");
+        assert_eq!(
+            s.connections_closed.broken, closed,
+            "lent: {lent}, eager: {eager}"
+        );
         assert_eq!(
             s.breaker.consecutive_failures, 0,
             "a hang-up is no database failure"

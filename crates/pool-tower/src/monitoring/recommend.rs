@@ -132,18 +132,24 @@ pub fn recommendations(s: &PoolStats) -> Vec<Recommendation> {
             }),
         });
     }
-    let overflow = s.connections_closed.overflow;
+    // Connections above the base close once idle for the idle timeout (or, opened by a
+    // top-up that load overtook, at once): many of those mean the base is too small for the
+    // load, or the idle timeout too short for its pauses.
+    let overflow = s.connections_closed.idle_timeout + s.connections_closed.overflow;
     if overflow >= 10 && overflow * 2 >= s.connections_created {
         out.push(Recommendation {
             rule: "frequent_overflow",
             severity: Severity::Info,
             message: format!(
-                "{overflow} of {} connections opened were overflow, closed on return. Raising \
-                 the base size (DB_POOL_SIZE) keeps them warm and saves the reconnects.",
+                "{overflow} of {} connections opened were above the base and closed again. \
+                 Raising the base size (DB_POOL_SIZE), or the idle timeout \
+                 (DB_POOL_IDLE_TIMEOUT) for bursty load, keeps them open and saves the \
+                 reconnects.",
                 s.connections_created
             ),
             evidence: json!({
-                "closed_overflow": overflow,
+                "closed_idle_timeout": s.connections_closed.idle_timeout,
+                "closed_overflow": s.connections_closed.overflow,
                 "connections_created": s.connections_created,
                 "base_size": s.base_size,
             }),
