@@ -243,6 +243,8 @@ async fn telemetry_pipeline() {
         .env("DB_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "2")
         .env("DB_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "6")
         .env("DB_CIRCUIT_BREAKER_SUCCESS_THRESHOLD", "1")
+        // Overflow connections close after 1 s idle, so the pool is soon at rest at its base.
+        .env("DB_POOL_IDLE_TIMEOUT", "1")
         .env("MONITORING_TOKEN", "e2e-token")
         .env("OTEL_SERVICE_NAME", "pool-e2e")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:14317")
@@ -346,10 +348,19 @@ async fn telemetry_pipeline() {
     })
     .await;
 
-    // The pool's own account, at rest.
-    let (_, body) = http(&addr, "GET", "/monitoring/connection-pool", &[auth], "").await;
-    let report: Value = serde_json::from_str(&body).unwrap();
-    let stats = report["pools"][0]["stats"].clone();
+    // The pool's own account, at rest: its base re-opened after the outage, the overflow
+    // connection reaped (readiness polling with a bound).
+    let stats = eventually(
+        Duration::from_secs(30),
+        "the pool to be at rest",
+        || async {
+            let (_, body) = http(&addr, "GET", "/monitoring/connection-pool", &[auth], "").await;
+            let report: Value = serde_json::from_str(&body).ok()?;
+            let stats = report["pools"][0]["stats"].clone();
+            (stats["size"] == 2 && stats["idle"] == 2 && stats["in_use"] == 0).then_some(stats)
+        },
+    )
+    .await;
     assert_eq!(stats["checkout_timeouts"], 2);
     assert_eq!(stats["in_use"], 0);
     assert_eq!(stats["breaker"]["state"], "closed");
