@@ -96,15 +96,53 @@ pub async fn admin(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// A fresh table of acknowledged writes (`recreate`: dropped and created again, for a
-/// server the suite has not used yet).
-pub async fn prepare(admin: &tokio_postgres::Client, recreate: bool) {
-    if recreate {
-        admin
-            .batch_execute("drop table if exists fault_acks")
-            .await
-            .unwrap();
+/// One scenario's parts: an administrative connection, the pool (its sessions named
+/// `app` on the server), and the service on it.
+#[derive(Debug)]
+pub struct Scenario {
+    /// Not through the pool.
+    pub admin: tokio_postgres::Client,
+    /// The pool under test.
+    pub pool: PostgresPool,
+    /// The service's address on 127.0.0.1.
+    pub addr: SocketAddr,
+    /// The pool's `application_name`.
+    pub app: &'static str,
+    started: Instant,
+}
+
+impl Scenario {
+    /// An empty table of acknowledged writes (through `admin_url`), a warmed-up pool on
+    /// `pool_url`, and the service on it.
+    pub async fn start(admin_url: &str, pool_url: &str, app: &'static str) -> Scenario {
+        let started = Instant::now();
+        let admin = admin(admin_url).await;
+        prepare(&admin).await;
+        let pool = pool(pool_url, app);
+        pool.warm_up().await.unwrap();
+        let addr = serve(&pool).await;
+        Scenario {
+            admin,
+            pool,
+            addr,
+            app,
+            started,
+        }
     }
+
+    /// The checks after the fault ([`assert_recovered`]), then the scenario's time printed.
+    pub async fn finish(&self, report: &Report) {
+        assert_recovered(&self.pool, &self.admin, self.app, report).await;
+        println!(
+            "{}: scenario and recovery took {:.1} s",
+            self.app,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// An empty table of acknowledged writes.
+pub async fn prepare(admin: &tokio_postgres::Client) {
     admin
         .batch_execute("create table if not exists fault_acks (id bigint primary key)")
         .await

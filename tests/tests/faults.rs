@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use pool_core::postgres::tokio_postgres;
 use pool_e2e::fault::{
-    admin, assert_no_orphaned_query, assert_recovered, load, pool, prepare, request, serve, Proxy,
-    Report, CHECKOUT_TIMEOUT, MARGIN, OPERATION_TIMEOUT, REQUEST_BOUND,
+    admin, assert_no_orphaned_query, load, request, Proxy, Report, Scenario, CHECKOUT_TIMEOUT,
+    MARGIN, OPERATION_TIMEOUT, REQUEST_BOUND,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -83,16 +83,11 @@ async fn a_middlebox_that_stops_forwarding_never_hangs_a_request() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    let started = std::time::Instant::now();
-    let admin = admin(&url).await;
-    prepare(&admin, true).await;
     let (server, _) = via(&url, "127.0.0.1:1".parse().unwrap());
     let proxy = Proxy::start(server).await;
     let (_, through) = via(&url, proxy.addr);
-    let app = "fault_black_hole";
-    let pool = pool(&through, app);
-    pool.warm_up().await.unwrap();
-    let addr = serve(&pool).await;
+    let sc = Scenario::start(&url, &through, "fault_black_hole").await;
+    let addr = sc.addr;
     let running = tokio::spawn(load(addr, 16, Duration::from_secs(14), 50_000));
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.black_hole();
@@ -103,11 +98,7 @@ async fn a_middlebox_that_stops_forwarding_never_hangs_a_request() {
     assert_felt("black hole", &report, &[503, 504]);
     let tail = &report.outcomes[report.outcomes.len().saturating_sub(16)..];
     assert!(tail.iter().any(|o| o.status == 200), "recovered: {tail:?}");
-    assert_recovered(&pool, &admin, app, &report).await;
-    println!(
-        "{app}: scenario and recovery took {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    sc.finish(&report).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,16 +107,11 @@ async fn connections_cut_by_a_middlebox_are_replaced() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    let started = std::time::Instant::now();
-    let admin = admin(&url).await;
-    prepare(&admin, false).await;
     let (server, _) = via(&url, "127.0.0.1:1".parse().unwrap());
     let proxy = Proxy::start(server).await;
     let (_, through) = via(&url, proxy.addr);
-    let app = "fault_cut";
-    let pool = pool(&through, app);
-    pool.warm_up().await.unwrap();
-    let addr = serve(&pool).await;
+    let sc = Scenario::start(&url, &through, "fault_cut").await;
+    let (pool, addr) = (&sc.pool, sc.addr);
     let running = tokio::spawn(load(addr, 16, Duration::from_secs(8), 50_000));
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -139,11 +125,7 @@ async fn connections_cut_by_a_middlebox_are_replaced() {
         "the cuts were felt: {}",
         report.summary()
     );
-    assert_recovered(&pool, &admin, app, &report).await;
-    println!(
-        "{app}: scenario and recovery took {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    sc.finish(&report).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,22 +134,18 @@ async fn every_pooled_backend_terminated_mid_load_is_replaced() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    let started = std::time::Instant::now();
-    let admin = admin(&url).await;
-    prepare(&admin, false).await;
-    let app = "fault_terminate";
-    let pool = pool(&url, app);
-    pool.warm_up().await.unwrap();
-    let addr = serve(&pool).await;
+    let sc = Scenario::start(&url, &url, "fault_terminate").await;
+    let addr = sc.addr;
     let running = tokio::spawn(load(addr, 16, Duration::from_secs(8), 50_000));
     let mut terminated = 0;
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let rows = admin
+        let rows = sc
+            .admin
             .query(
                 "select pg_terminate_backend(pid) from pg_stat_activity \
                  where application_name = $1",
-                &[&app],
+                &[&sc.app],
             )
             .await
             .unwrap();
@@ -177,11 +155,7 @@ async fn every_pooled_backend_terminated_mid_load_is_replaced() {
     println!("terminated {terminated} backends");
     assert!(terminated >= 2 * pool_e2e::fault::BASE as usize);
     assert_bounded("pg_terminate_backend (twice)", &report);
-    assert_recovered(&pool, &admin, app, &report).await;
-    println!(
-        "{app}: scenario and recovery took {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    sc.finish(&report).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,13 +166,8 @@ async fn queries_past_the_operation_timeout_are_cut_off_while_others_are_served(
         return;
     };
     let _serial = SERIAL.lock().await;
-    let started = std::time::Instant::now();
-    let admin = admin(&url).await;
-    prepare(&admin, false).await;
-    let app = "fault_pg_sleep";
-    let pool = pool(&url, app);
-    pool.warm_up().await.unwrap();
-    let addr = serve(&pool).await;
+    let sc = Scenario::start(&url, &url, "fault_pg_sleep").await;
+    let (pool, addr) = (&sc.pool, sc.addr);
     let writers = tokio::spawn(load(addr, 8, Duration::from_secs(6), 50_000));
     let sleepers: Vec<_> = (0..4)
         .map(|_| {
@@ -230,12 +199,8 @@ async fn queries_past_the_operation_timeout_are_cut_off_while_others_are_served(
     );
     assert_bounded("queries past the operation timeout", &report);
     assert!(pool.stats().connections_closed.broken >= slow.len() as u64);
-    assert_no_orphaned_query(&admin, app).await;
-    assert_recovered(&pool, &admin, app, &report).await;
-    println!(
-        "{app}: scenario and recovery took {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    assert_no_orphaned_query(&sc.admin, sc.app).await;
+    sc.finish(&report).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,13 +209,8 @@ async fn clients_that_hang_up_leave_no_busy_or_leaked_connection() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    let started = std::time::Instant::now();
-    let admin = admin(&url).await;
-    prepare(&admin, false).await;
-    let app = "fault_hang_up";
-    let pool = pool(&url, app);
-    pool.warm_up().await.unwrap();
-    let addr = serve(&pool).await;
+    let sc = Scenario::start(&url, &url, "fault_hang_up").await;
+    let (pool, addr) = (&sc.pool, sc.addr);
     // 24 clients on a pool of 8 hang up after 300 ms: 8 mid-query, 16 while waiting for a
     // connection.
     let quitters: Vec<_> = (0..24)
@@ -276,12 +236,8 @@ async fn clients_that_hang_up_leave_no_busy_or_leaked_connection() {
     );
     assert!(pool.stats().connections_closed.broken >= 1);
     assert_eq!(pool.stats().pending, 0);
-    assert_no_orphaned_query(&admin, app).await;
-    assert_recovered(&pool, &admin, app, &report).await;
-    println!(
-        "{app}: scenario and recovery took {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    assert_no_orphaned_query(&sc.admin, sc.app).await;
+    sc.finish(&report).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,13 +246,8 @@ async fn steady_load_above_the_base_opens_no_connections_after_warm_up() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    let started = std::time::Instant::now();
-    let admin = admin(&url).await;
-    prepare(&admin, false).await;
-    let app = "fault_steady";
-    let pool = pool(&url, app);
-    pool.warm_up().await.unwrap();
-    let addr = serve(&pool).await;
+    let sc = Scenario::start(&url, &url, "fault_steady").await;
+    let (pool, addr) = (&sc.pool, sc.addr);
     // 6 clients on a base of 4 (maximum 8): steadily above the base, for 10 s.
     let warm = load(addr, 6, Duration::from_secs(1), 50_000).await;
     let after_warm_up = pool.stats().connections_created;
@@ -311,11 +262,7 @@ async fn steady_load_above_the_base_opens_no_connections_after_warm_up() {
     assert_eq!(report.count(200), report.outcomes.len());
     assert_eq!(opened, 0, "overflow connections are reused, not reopened");
     assert_eq!(pool.stats().connections_closed.total(), 0);
-    assert_recovered(&pool, &admin, app, &report).await;
-    println!(
-        "{app}: scenario and recovery took {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    sc.finish(&report).await;
 }
 
 /// Packet loss for real: inside a private network namespace (`unshare -n`), a private
@@ -416,13 +363,8 @@ fn in_namespace() {
 }
 
 async fn packet_loss(url: &str, port: &str) {
-    let started = std::time::Instant::now();
-    let admin = admin(url).await;
-    prepare(&admin, true).await;
-    let app = "fault_packet_loss";
-    let pool = pool(url, app);
-    pool.warm_up().await.unwrap();
-    let addr = serve(&pool).await;
+    let mut sc = Scenario::start(url, url, "fault_packet_loss").await;
+    let addr = sc.addr;
     let running = tokio::spawn(load(addr, 16, Duration::from_secs(16), 50_000));
     tokio::time::sleep(Duration::from_secs(2)).await;
     run("nft", &["add", "table", "inet", "fault"]);
@@ -457,10 +399,6 @@ async fn packet_loss(url: &str, port: &str) {
     let tail = &report.outcomes[report.outcomes.len().saturating_sub(16)..];
     assert!(tail.iter().any(|o| o.status == 200), "recovered: {tail:?}");
     // The admin connection lived through the loss too; a fresh one is certain.
-    let admin = self::admin(url).await;
-    assert_recovered(&pool, &admin, app, &report).await;
-    println!(
-        "{app}: scenario and recovery took {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    sc.admin = admin(url).await;
+    sc.finish(&report).await;
 }

@@ -2,8 +2,9 @@
 //!
 //! Both hold only weak references and stop when the pool is dropped.
 
+use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bb8::ManageConnection;
@@ -14,46 +15,54 @@ use crate::pool::PoolInner;
 use crate::shared::Shared;
 
 pub(crate) fn spawn<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
-    let period = inner.shared.config.health_interval;
-    let weak = Arc::downgrade(inner);
+    every(
+        inner.shared.config.health_interval,
+        Arc::downgrade(inner),
+        |pool| async move {
+            tick(&pool).await;
+            true
+        },
+    );
+    if let Some(idle_timeout) = inner.shared.config.idle_timeout {
+        let period = (idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+        every(period, Arc::downgrade(inner), move |pool| async move {
+            reap(&pool, idle_timeout);
+            true
+        });
+    }
+    if let Some(leaks) = &inner.shared.leaks {
+        let period = (leaks.threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+        every(period, Arc::downgrade(&inner.shared), |shared| async move {
+            if shared.closing.load(Relaxed) {
+                return false;
+            }
+            scan_leaks(&shared);
+            true
+        });
+    }
+}
+
+/// Runs `each` every `period`, the first time one period from now, while `target` is alive
+/// and `each` returns `true`. Holds only a weak reference between runs.
+fn every<T, F, Fut>(period: Duration, target: Weak<T>, each: F)
+where
+    T: Send + Sync + 'static,
+    F: Fn(Arc<T>) -> Fut + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
     tokio::spawn(async move {
         let mut ticks = interval_at(Instant::now() + period, period);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let Some(pool) = weak.upgrade() else { break };
-            tick(&pool).await;
+            let Some(target) = target.upgrade() else {
+                break;
+            };
+            if !each(target).await {
+                break;
+            }
         }
     });
-    if let Some(idle_timeout) = inner.shared.config.idle_timeout {
-        let period = (idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
-        let weak = Arc::downgrade(inner);
-        tokio::spawn(async move {
-            let mut ticks = interval_at(Instant::now() + period, period);
-            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(pool) = weak.upgrade() else { break };
-                reap(&pool, idle_timeout);
-            }
-        });
-    }
-    if let Some(leaks) = &inner.shared.leaks {
-        let period = (leaks.threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
-        let weak = Arc::downgrade(&inner.shared);
-        tokio::spawn(async move {
-            let mut ticks = interval_at(Instant::now() + period, period);
-            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(shared) = weak.upgrade() else { break };
-                if shared.closing.load(Relaxed) {
-                    break;
-                }
-                scan_leaks(&shared);
-            }
-        });
-    }
 }
 
 /// The reaper's walk: idle connections above the base that have been idle for the idle
