@@ -164,8 +164,9 @@ pin_project! {
     pub(crate) struct Bounded<F> {
         #[pin]
         run: Run<F>,
-        #[pin]
-        timer: Timer,
+        // Boxed, and only while a lend is out across a poll: most requests never need it,
+        // and an inline timer would enlarge every response future.
+        timer: Option<Pin<Box<Sleep>>>,
         // The lend the timer was armed for.
         armed: Option<u32>,
     }
@@ -180,19 +181,11 @@ pin_project! {
     }
 }
 
-pin_project! {
-    #[project = TimerProj]
-    enum Timer {
-        Off,
-        On { #[pin] sleep: Sleep },
-    }
-}
-
 impl<F> Bounded<F> {
     pub(crate) fn new(future: F) -> Self {
         Bounded {
             run: Run::Running { future },
-            timer: Timer::Off,
+            timer: None,
             armed: None,
         }
     }
@@ -222,22 +215,24 @@ impl<F: Future> Bounded<F> {
             return Poll::Ready(Ok(output));
         }
         let Some(lend) = slot.lend_in_progress() else {
-            if this.armed.take().is_some() {
-                this.timer.set(Timer::Off);
-            }
+            *this.armed = None;
             return Poll::Pending;
         };
         let limit = slot.pool().config().breaker.operation_timeout;
-        if *this.armed != Some(lend) {
-            *this.armed = Some(lend);
-            this.timer.set(Timer::On {
-                sleep: tokio::time::sleep(limit),
-            });
-        }
-        let TimerProj::On { sleep } = this.timer.project() else {
-            return Poll::Pending;
+        let deadline = tokio::time::Instant::now() + limit;
+        let sleep = match this.timer {
+            // A new lend restarts the timer; the box is kept for the request's later lends.
+            Some(sleep) if *this.armed != Some(lend) => {
+                sleep.as_mut().reset(deadline);
+                sleep
+            }
+            Some(sleep) => sleep,
+            None => this
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
-        ready!(sleep.poll(cx));
+        *this.armed = Some(lend);
+        ready!(sleep.as_mut().poll(cx));
         slot.time_out();
         // Dropping the request here drops its `DbConn`, which closes the connection.
         this.run.set(Run::Done);
