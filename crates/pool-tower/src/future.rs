@@ -159,8 +159,8 @@ pin_project! {
     /// The request's future under the operation timeout: while the request has its
     /// connection lent out (a [`DbConn`](crate::DbConn) is alive, so an operation may be
     /// running), a timer of the breaker's operation timeout runs from that lend. If it fires,
-    /// the request is dropped on the spot (cancelling the query) and its connection closed
-    /// and counted as a breaker failure.
+    /// the request is dropped on the spot, its connection closed and counted as a breaker
+    /// failure, and the database asked to cancel the query (`PoolBuilder::cancel_with`).
     pub(crate) struct Bounded<F> {
         #[pin]
         run: Run<F>,
@@ -189,9 +189,7 @@ impl<F> Bounded<F> {
             armed: None,
         }
     }
-}
 
-impl<F> Bounded<F> {
     /// Whether the request's future has neither finished nor been cancelled.
     pub(crate) fn in_flight(&self) -> bool {
         matches!(self.run, Run::Running { .. })
