@@ -40,6 +40,9 @@ pub enum CheckoutError {
         /// The most recent connect or ping error, passwords hidden; this is usually the
         /// reason no connection came.
         last_error: Option<String>,
+        /// How long before the timeout `last_error` happened (an old one is likely not the
+        /// cause).
+        last_error_age: Option<Duration>,
     },
     /// The circuit breaker is open: the database is failing, so the pool did not wait.
     CircuitOpen {
@@ -47,6 +50,11 @@ pub enum CheckoutError {
         pool: Arc<str>,
         /// When the breaker will admit probes again (use it for `Retry-After`).
         retry_after: Duration,
+        /// The most recent connection error, passwords hidden: why the breaker opened
+        /// (`password authentication failed for user "app"`, `Connection refused`).
+        last_error: Option<String>,
+        /// How long ago `last_error` happened.
+        last_error_age: Option<Duration>,
     },
     /// The connection a request held was busy with one operation for longer than the
     /// breaker's operation timeout (`DB_CIRCUIT_BREAKER_TIMEOUT`): pool-tower's layer
@@ -96,6 +104,7 @@ impl fmt::Display for CheckoutError {
                 waited,
                 snapshot: s,
                 last_error,
+                last_error_age,
             } => {
                 write!(
                     f,
@@ -108,17 +117,22 @@ impl fmt::Display for CheckoutError {
                     s.waiting,
                     s.max
                 )?;
-                if let Some(e) = last_error {
-                    write!(f, "; last connection error: {e}")?;
-                }
-                Ok(())
+                write_last_error(f, last_error.as_deref(), *last_error_age)
             }
-            CheckoutError::CircuitOpen { pool, retry_after } => write!(
-                f,
-                "circuit breaker of pool `{pool}` is open after repeated database failures; \
-                 retry after {:.1}s",
-                retry_after.as_secs_f64()
-            ),
+            CheckoutError::CircuitOpen {
+                pool,
+                retry_after,
+                last_error,
+                last_error_age,
+            } => {
+                write!(
+                    f,
+                    "circuit breaker of pool `{pool}` is open after repeated database failures; \
+                     retry after {:.1}s",
+                    retry_after.as_secs_f64()
+                )?;
+                write_last_error(f, last_error.as_deref(), *last_error_age)
+            }
             CheckoutError::OperationTimedOut { pool, limit } => write!(
                 f,
                 "an operation on a connection of pool `{pool}` ran past the operation timeout \
@@ -126,6 +140,23 @@ impl fmt::Display for CheckoutError {
                 limit.as_millis()
             ),
         }
+    }
+}
+
+/// `; last connection error (1.2s ago): …`, when there is one.
+fn write_last_error(
+    f: &mut fmt::Formatter<'_>,
+    error: Option<&str>,
+    age: Option<Duration>,
+) -> fmt::Result {
+    match (error, age) {
+        (Some(e), Some(age)) => write!(
+            f,
+            "; last connection error ({:.1}s ago): {e}",
+            age.as_secs_f64()
+        ),
+        (Some(e), None) => write!(f, "; last connection error: {e}"),
+        (None, _) => Ok(()),
     }
 }
 

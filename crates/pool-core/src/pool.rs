@@ -385,9 +385,11 @@ impl<M: ManageConnection> Pool<M> {
                 waiting.done(false);
                 counters.timeouts.fetch_add(1, Relaxed);
                 counters.record_wait(waited);
-                let last_error = match error {
-                    Some(bb8::RunError::User(e)) => Some(shared.scrub(&e.to_string())),
-                    Some(bb8::RunError::TimedOut) | None => shared.last_error(),
+                let (last_error, last_error_age) = match error {
+                    Some(bb8::RunError::User(e)) => {
+                        (Some(shared.scrub(&e.to_string())), Some(Duration::ZERO))
+                    }
+                    Some(bb8::RunError::TimedOut) | None => shared.last_error_aged(),
                 };
                 shared.emit(&PoolEvent::Checkout {
                     waited,
@@ -407,6 +409,7 @@ impl<M: ManageConnection> Pool<M> {
                     waited,
                     snapshot,
                     last_error,
+                    last_error_age,
                 })
             }
         }

@@ -45,7 +45,8 @@ pub(crate) struct Shared {
     /// reconnect that follows is what judges the database.
     validation_failure_counted: AtomicBool,
     observers: Vec<Arc<dyn PoolObserver>>,
-    last_error: Mutex<Option<String>>,
+    /// The last connection error (passwords hidden), and when it happened.
+    last_error: Mutex<Option<(String, Stamp)>>,
     pub(crate) generation: AtomicU64,
     level: AtomicU8,
     pub(crate) monitor_status: AtomicU8,
@@ -166,12 +167,26 @@ impl Shared {
     /// Stores `text` (passwords hidden) as the last error and returns the stored text.
     pub(crate) fn set_last_error(&self, text: &str) -> String {
         let text = self.scrub(text);
-        *self.last_error.lock() = Some(text.clone());
+        *self.last_error.lock() = Some((text.clone(), self.clock.now()));
         text
     }
 
     pub(crate) fn last_error(&self) -> Option<String> {
-        self.last_error.lock().clone()
+        self.last_error
+            .lock()
+            .as_ref()
+            .map(|(text, _)| text.clone())
+    }
+
+    /// The last connection error and how long ago it happened.
+    pub(crate) fn last_error_aged(&self) -> (Option<String>, Option<Duration>) {
+        match &*self.last_error.lock() {
+            Some((text, at)) => (
+                Some(text.clone()),
+                Some(self.clock.now().saturating_since(*at)),
+            ),
+            None => (None, None),
+        }
     }
 
     pub(crate) fn breaker_state(&self) -> BreakerState {
@@ -209,9 +224,12 @@ impl Shared {
             waited: Duration::ZERO,
             outcome: CheckoutOutcome::CircuitOpen,
         });
+        let (last_error, last_error_age) = self.last_error_aged();
         CheckoutError::CircuitOpen {
             pool: self.name.clone(),
             retry_after,
+            last_error,
+            last_error_age,
         }
     }
 

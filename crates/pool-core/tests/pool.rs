@@ -414,12 +414,32 @@ async fn the_breaker_opens_after_the_threshold_and_waiting_checkouts_fail_fast()
         Some("MemError(\"connection refused\")")
     );
 
+    tokio::time::advance(Duration::from_millis(1500)).await;
     let before = tokio::time::Instant::now();
-    let CheckoutError::CircuitOpen { retry_after, .. } = pool.get().await.unwrap_err() else {
+    let err = pool.get().await.unwrap_err();
+    let CheckoutError::CircuitOpen {
+        retry_after,
+        last_error,
+        last_error_age,
+        ..
+    } = &err
+    else {
         panic!("expected CircuitOpen")
     };
     assert_eq!(before.elapsed(), Duration::ZERO, "no waiting while open");
-    assert_eq!(retry_after, Duration::from_secs(10));
+    let retry_after = *retry_after;
+    assert_eq!(retry_after, Duration::from_millis(8500));
+    // The cause travels with the rejection, with its age.
+    assert_eq!(
+        last_error.as_deref(),
+        Some("MemError(\"connection refused\")")
+    );
+    assert_eq!(*last_error_age, Some(Duration::from_millis(1500)));
+    assert_eq!(
+        err.to_string(),
+        "circuit breaker of pool `mem` is open after repeated database failures; retry after \
+         8.5s; last connection error (1.5s ago): MemError(\"connection refused\")"
+    );
     assert_eq!(pool.stats().checkouts_rejected, 2);
 
     state.fail_connect.store(false, SeqCst);

@@ -129,6 +129,8 @@ mod tests {
         CheckoutError::CircuitOpen {
             pool: Arc::from("db"),
             retry_after,
+            last_error: Some("connection refused".into()),
+            last_error_age: Some(Duration::from_millis(400)),
         }
     }
 

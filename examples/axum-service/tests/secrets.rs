@@ -237,6 +237,11 @@ async fn against_a_closed_port_the_demo_refuses_to_start_and_shows_no_password()
         let (status, output) = demo.exit().await;
         assert!(!status.success(), "{form}: {output}");
         assert!(output.contains("error: "), "{form}: {output}");
+        // The start-up failure names its cause, not only the breaker.
+        assert!(
+            output.contains("last connection error (") && output.contains("Connection refused"),
+            "{form}: {output}"
+        );
         assert!(
             output.contains(&format!("127.0.0.1:{port}")),
             "{form}: the error names where it tried: {output}"
