@@ -217,19 +217,19 @@ impl<F: Future> Bounded<F> {
             return Poll::Pending;
         };
         let limit = slot.pool().config().breaker.operation_timeout;
-        let deadline = tokio::time::Instant::now() + limit;
-        let sleep = match this.timer {
-            // A new lend restarts the timer; the box is kept for the request's later lends.
-            Some(sleep) if *this.armed != Some(lend) => {
-                sleep.as_mut().reset(deadline);
-                sleep
+        // The clock is read only when a lend (re)starts the timer, not on every poll.
+        if *this.armed != Some(lend) {
+            *this.armed = Some(lend);
+            let deadline = tokio::time::Instant::now() + limit;
+            match this.timer {
+                // The box is kept for the request's later lends.
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => *this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
-            Some(sleep) => sleep,
-            None => this
-                .timer
-                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        let Some(sleep) = this.timer else {
+            return Poll::Pending;
         };
-        *this.armed = Some(lend);
         ready!(sleep.as_mut().poll(cx));
         slot.time_out();
         // Dropping the request here drops its `DbConn`, which closes the connection.
