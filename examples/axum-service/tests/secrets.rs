@@ -9,12 +9,14 @@
 //! Neither the password nor any 4-character piece of it may appear, nor the operator's
 //! monitoring token in the banner.
 
+mod common;
+
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pool_core::postgres::tokio_postgres::{self, NoTls};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// No `@`: a raw `@` is refused in the URL form (tested on its own below).
@@ -200,24 +202,6 @@ impl Demo {
     }
 }
 
-async fn request(addr: &str, method: &str, path: &str, headers: &[&str], body: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    raw
-}
-
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -347,7 +331,7 @@ async fn against_a_live_server_the_demo_serves_and_shows_no_password() {
             .to_owned();
         let auth = format!("Authorization: Bearer {OPERATOR_TOKEN}");
         let mut responses = String::new();
-        let created = request(
+        let created = common::request_raw(
             &addr,
             "POST",
             "/notes",
@@ -357,7 +341,8 @@ async fn against_a_live_server_the_demo_serves_and_shows_no_password() {
         .await;
         assert!(created.starts_with("HTTP/1.1 201"), "{form}: {created}");
         responses.push_str(&created);
-        let report = request(&addr, "GET", "/monitoring/connection-pool", &[&auth], "").await;
+        let report =
+            common::request_raw(&addr, "GET", "/monitoring/connection-pool", &[&auth], "").await;
         assert!(report.starts_with("HTTP/1.1 200"), "{form}: {report}");
         assert!(
             report.contains(&format!("127.0.0.1:{port}")),
@@ -370,7 +355,7 @@ async fn against_a_live_server_the_demo_serves_and_shows_no_password() {
             "/monitoring/circuit-breakers",
             "/nope",
         ] {
-            responses.push_str(&request(&addr, "GET", path, &[&auth], "").await);
+            responses.push_str(&common::request_raw(&addr, "GET", path, &[&auth], "").await);
         }
         let output = demo.stop().await;
         assert_no_piece(form, &output);
