@@ -54,6 +54,7 @@ pub struct PoolBuilder<M: ManageConnection> {
     classify: Option<Classify<M::Error>>,
     describe: fn(&M::Error) -> String,
     cancel: Option<crate::shared::CancelHook>,
+    reset: Option<crate::shared::ResetHook>,
     _manager: PhantomData<fn() -> M>,
 }
 
@@ -88,6 +89,7 @@ impl<M: ManageConnection> PoolBuilder<M> {
             classify: None,
             describe: debug_text::<M::Error>,
             cancel: None,
+            reset: None,
             _manager: PhantomData,
         }
     }
@@ -268,6 +270,24 @@ impl<M: ManageConnection> PoolBuilder<M> {
         self
     }
 
+    /// How to bring a returned connection back to a clean session before anyone else gets
+    /// it. `dirty` is asked, without I/O, on every return; when it says yes, the connection
+    /// stays out of the pool while `reset` runs (bounded by the validation timeout), and goes
+    /// back when `reset` returns `Ok(true)` (it rolled something back, counted in
+    /// [`PoolStats::sessions_reset`](crate::PoolStats::sessions_reset)) or `Ok(false)`
+    /// (nothing to undo after all); an error or the timeout closes it (counted `invalid`).
+    ///
+    /// The PostgreSQL backend rolls back a transaction left open or failed, and waits out
+    /// requests still queued. Defaults to none.
+    pub fn reset_with(
+        mut self,
+        dirty: fn(&M::Connection) -> bool,
+        reset: crate::connection::ResetFn<M::Connection>,
+    ) -> Self {
+        self.reset = Some(Arc::new(crate::connection::ResetHooks { dirty, reset }));
+        self
+    }
+
     /// The configuration as it stands.
     pub fn current_config(&self) -> &PoolConfig {
         &self.config
@@ -327,6 +347,7 @@ impl<M: ManageConnection> PoolBuilder<M> {
             config.clone(),
             self.observers,
             self.cancel,
+            self.reset,
         ));
         let managed = Managed {
             inner: Arc::new(manager),

@@ -124,10 +124,10 @@ pub struct PoolConfig {
     /// alive-bypass window), so a busy pool pays no round trip per checkout. Defaults to
     /// 500 ms; `Duration::ZERO` pings on every checkout.
     pub validation_bypass: Duration,
-    /// Limit for one validation: the pre-ping on checkout and the monitor's health probe
-    /// (`DB_POOL_VALIDATION_TIMEOUT`). A connection whose validation times out, or whose
-    /// checkout is abandoned while it is being validated, is closed (counted as `invalid`),
-    /// never put back. Defaults to 3 s.
+    /// Limit for one validation: the pre-ping on checkout, the monitor's health probe and
+    /// the reset of a session returned unclean (`DB_POOL_VALIDATION_TIMEOUT`). A connection
+    /// whose validation or reset times out, or whose checkout is abandoned while it is being
+    /// validated, is closed (counted as `invalid`), never put back. Defaults to 3 s.
     pub validation_timeout: Duration,
     /// TCP keepalive for PostgreSQL connections: idle time before the first probe, then
     /// probes every half of it (`DB_POOL_TCP_KEEPALIVE`, whole seconds from 1 to 32767; `0`

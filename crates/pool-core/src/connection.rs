@@ -8,8 +8,10 @@
 //! through the same wrapper.
 
 use std::fmt;
+use std::future::Future;
 use std::num::NonZeroU64;
 use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,18 @@ use bb8::ManageConnection;
 const LIFETIME_JITTER: f64 = 0.025;
 
 pub(crate) type Describe<E> = fn(&E) -> String;
+
+/// Brings a returned connection's session back to clean: `Ok(true)` when it undid something,
+/// `Ok(false)` when there was nothing to undo, `Err` (what went wrong) when the connection
+/// must be closed. See [`PoolBuilder::reset_with`](crate::PoolBuilder::reset_with).
+pub type ResetFn<C> =
+    for<'a> fn(&'a mut C) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + 'a>>;
+
+/// The two halves of a reset hook, stored type-erased in `Shared`.
+pub(crate) struct ResetHooks<C> {
+    pub(crate) dirty: fn(&C) -> bool,
+    pub(crate) reset: ResetFn<C>,
+}
 
 /// The manager the pool hands to bb8.
 pub(crate) struct Managed<M: ManageConnection> {
@@ -279,7 +293,9 @@ impl<M: ManageConnection> Managed<M> {
 /// Dereferences to the backend's connection (`tokio_postgres::Client`,
 /// [`SqliteConnection`](crate::sqlite::SqliteConnection), …).
 pub struct PooledConnection<M: ManageConnection> {
-    conn: bb8::PooledConnection<'static, Managed<M>>,
+    /// Always `Some` until dropped, when a connection whose session needs a reset is moved
+    /// into the task that resets it.
+    conn: Option<bb8::PooledConnection<'static, Managed<M>>>,
     checked_out_at: Stamp,
     /// The leak registry's key, when leak detection is on.
     leak_id: Option<NonZeroU64>,
@@ -295,15 +311,29 @@ impl<M: ManageConnection> PooledConnection<M> {
         leak_id: Option<NonZeroU64>,
     ) -> Self {
         PooledConnection {
-            conn,
+            conn: Some(conn),
             checked_out_at,
             leak_id,
             in_flight: false,
         }
     }
 
+    fn guard(&self) -> &bb8::PooledConnection<'static, Managed<M>> {
+        match &self.conn {
+            Some(conn) => conn,
+            None => unreachable!("a pooled connection is taken only by its drop"),
+        }
+    }
+
+    fn guard_mut(&mut self) -> &mut bb8::PooledConnection<'static, Managed<M>> {
+        match &mut self.conn {
+            Some(conn) => conn,
+            None => unreachable!("a pooled connection is taken only by its drop"),
+        }
+    }
+
     fn shared(&self) -> &Shared {
-        &self.conn.meta.shared
+        &self.guard().meta.shared
     }
 
     /// How long this connection has been checked out.
@@ -317,7 +347,10 @@ impl<M: ManageConnection> PooledConnection<M> {
     /// Closes this connection when it is returned instead of reusing it (after a protocol
     /// error, a cancelled query, a session left in an unknown state).
     pub fn discard(&mut self) {
-        self.conn.meta.close.get_or_insert(CloseReason::Broken);
+        self.guard_mut()
+            .meta
+            .close
+            .get_or_insert(CloseReason::Broken);
     }
 
     /// An operation starts on this connection: if the connection is dropped before
@@ -343,7 +376,7 @@ impl<M: ManageConnection> PooledConnection<M> {
 
     fn cancel_on_server(&self) {
         if let Some(cancel) = &self.shared().cancel {
-            cancel(&self.conn.conn as &dyn std::any::Any);
+            cancel(&self.guard().conn as &dyn std::any::Any);
         }
     }
 
@@ -370,13 +403,13 @@ impl<M: ManageConnection> Deref for PooledConnection<M> {
     type Target = M::Connection;
 
     fn deref(&self) -> &M::Connection {
-        &self.conn.conn
+        &self.guard().conn
     }
 }
 
 impl<M: ManageConnection> DerefMut for PooledConnection<M> {
     fn deref_mut(&mut self) -> &mut M::Connection {
-        &mut self.conn.conn
+        &mut self.guard_mut().conn
     }
 }
 
@@ -395,17 +428,20 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
             self.abandon_operation();
         }
         // Works on the connection in place; bb8's guard (the field) then puts it back.
-        let meta = &mut *self.conn.meta;
+        let checked_out_at = self.checked_out_at;
+        let leak_id = self.leak_id;
+        let guard = self.guard_mut();
+        let meta = &mut *guard.meta;
         let shared = &*meta.shared;
         let counters = &shared.counters;
         let now = shared.clock.now();
         meta.last_used = now;
-        let held = now.saturating_since(self.checked_out_at);
+        let held = now.saturating_since(checked_out_at);
         // Overflow connections stay open when they come back (the reaper closes them once
         // idle for the idle timeout): closing them here, as SQLAlchemy's QueuePool does,
         // opens and closes a connection per request under steady load above the base.
         counters.count_return();
-        if let (Some(id), Some(leaks)) = (self.leak_id, &shared.leaks) {
+        if let (Some(id), Some(leaks)) = (leak_id, &shared.leaks) {
             let entry = leaks.entries.lock().remove(&id);
             if let Some(entry) = entry.filter(|e| e.reported) {
                 tracing::warn!(
@@ -427,5 +463,72 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
         if shared.has_observers() {
             shared.emit(&PoolEvent::Returned { held });
         }
+        let guard = self.guard();
+        let hooks = guard
+            .meta
+            .shared
+            .reset
+            .as_deref()
+            .and_then(|hooks| hooks.downcast_ref::<ResetHooks<M::Connection>>());
+        if let Some(hooks) = hooks {
+            if guard.meta.close.is_none() && (hooks.dirty)(&guard.conn) {
+                let reset = hooks.reset;
+                self.start_reset(reset);
+            }
+        }
+    }
+}
+
+impl<M: ManageConnection> PooledConnection<M> {
+    /// Keeps a connection whose session is not clean out of the pool until it is: a task
+    /// resets it within the validation timeout and then lets bb8 take it back (closed if the
+    /// reset failed). Outside a runtime there is no task to run it, so it is closed.
+    fn start_reset(&mut self, reset: ResetFn<M::Connection>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.guard_mut().meta.close = Some(CloseReason::Invalid);
+            return;
+        };
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let shared = conn.meta.shared.clone();
+            let limit = shared.config.validation_timeout;
+            // Marked for closing until the reset has succeeded: a reset cut short (the
+            // runtime shutting down) must not put the connection back.
+            conn.meta.close = Some(CloseReason::Invalid);
+            let outcome = tokio::time::timeout(limit, reset(&mut conn.conn)).await;
+            if !matches!(outcome, Ok(Ok(_))) {
+                // Whatever still runs on it (a query its borrower abandoned) would run to its
+                // end on the server after the close.
+                if let Some(cancel) = &shared.cancel {
+                    cancel(&conn.conn as &dyn std::any::Any);
+                }
+            }
+            match outcome {
+                Ok(Ok(undone)) => {
+                    conn.meta.close = None;
+                    if undone {
+                        shared.counters.sessions_reset.fetch_add(1, Relaxed);
+                        tracing::warn!(
+                            pool = %shared.name,
+                            "connection returned inside a transaction; rolled back before reuse"
+                        );
+                    }
+                }
+                Ok(Err(text)) => {
+                    let text = shared.scrub(&text);
+                    tracing::debug!(pool = %shared.name, error = %text, "session reset failed; connection closed");
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        pool = %shared.name,
+                        timeout_ms = limit.as_millis() as u64,
+                        "session reset timed out; connection closed"
+                    );
+                }
+            }
+            drop(conn);
+        });
     }
 }

@@ -23,7 +23,7 @@ pub use bb8::ManageConnection;
 pub use breaker::{Admission, BreakerState, CircuitBreaker, Transition, TransitionReason};
 pub use builder::PoolBuilder;
 pub use config::{BreakerConfig, ConfigError, ConfigProblem, PoolConfig, Profile};
-pub use connection::PooledConnection;
+pub use connection::{PooledConnection, ResetFn};
 pub use env::parse_duration;
 pub use error::{BuildError, CheckoutError, ConnectError, PoolSnapshot, RunError};
 pub use observer::{CheckoutOutcome, CloseReason, PoolEvent, PoolObserver, UtilizationLevel};

@@ -598,6 +598,7 @@ impl<M: ManageConnection> Pool<M> {
             health_checks_ok: c.health_ok.load(Relaxed),
             health_checks_failed: c.health_failed.load(Relaxed),
             leaks_suspected: c.leaks.load(Relaxed),
+            sessions_reset: c.sessions_reset.load(Relaxed),
             leaks_outstanding,
             breaker: BreakerStats {
                 state: breaker_state,

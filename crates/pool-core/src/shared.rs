@@ -27,6 +27,9 @@ pub(crate) const HYSTERESIS: f64 = 0.05;
 /// See [`Shared::cancel`].
 pub(crate) type CancelHook = Arc<dyn Fn(&dyn std::any::Any) + Send + Sync>;
 
+/// See [`Shared::reset`]: a `ResetHooks<C>` for the pool's connection type.
+pub(crate) type ResetHook = Arc<dyn std::any::Any + Send + Sync>;
+
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     pub(crate) backend: String,
@@ -57,6 +60,8 @@ pub(crate) struct Shared {
     /// Asks the database to stop what a connection runs (PostgreSQL: a cancel request), for
     /// an operation given up on; the connection is handed over as `&dyn Any`.
     pub(crate) cancel: Option<CancelHook>,
+    /// Cleans a returned connection's session (PostgreSQL: rolls back an open transaction).
+    pub(crate) reset: Option<ResetHook>,
     /// The smallest in-use count at or above the warn threshold (an integer compare on the
     /// checkout path instead of a division).
     warn_in_use: u64,
@@ -109,6 +114,7 @@ impl Shared {
         config: PoolConfig,
         observers: Vec<Arc<dyn PoolObserver>>,
         cancel: Option<CancelHook>,
+        reset: Option<ResetHook>,
     ) -> Self {
         let breaker = CircuitBreaker::new(config.breaker.clone());
         let leaks = config.leak_threshold.map(|threshold| LeakRegistry {
@@ -124,6 +130,7 @@ impl Shared {
             backend,
             url: config.database_url.clone(),
             cancel,
+            reset,
             breaker_state: AtomicU8::new(breaker.state().to_u8()),
             breaker: Mutex::new(breaker),
             breaker_failures: AtomicU32::new(0),

@@ -73,6 +73,10 @@ pub struct PoolStats {
     pub leaks_suspected: u64,
     /// Connections held past the leak threshold right now.
     pub leaks_outstanding: u64,
+    /// Connections returned with their session not clean (a transaction left open or
+    /// failed) and reset before reuse; each is a borrower that did not finish its
+    /// transaction.
+    pub sessions_reset: u64,
     /// The circuit breaker.
     pub breaker: BreakerStats,
     /// The last connect or ping error, passwords hidden.
@@ -199,6 +203,7 @@ pub(crate) struct Counters {
     pub(crate) exhaustion_episodes: AtomicU64,
     pub(crate) exhausted: AtomicU8,
     pub(crate) breaker_opened: AtomicU64,
+    pub(crate) sessions_reset: AtomicU64,
 }
 
 impl Counters {

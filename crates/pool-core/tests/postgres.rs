@@ -17,7 +17,7 @@ use pool_core::{
 fn builder_with(
     url: &str,
     f: impl FnOnce(PoolConfig) -> PoolConfig,
-) -> PoolBuilder<pool_core::postgres::PostgresConnectionManager<NoTls>> {
+) -> PoolBuilder<pool_core::postgres::PostgresManager<NoTls>> {
     let config = f(PoolConfig {
         database_url: Some(pool_core::DatabaseUrl::parse(url).unwrap()),
         health_interval: Duration::from_secs(3600),
@@ -211,7 +211,7 @@ async fn a_stopped_server_opens_the_breaker_after_the_threshold_and_a_restart_cl
     );
     assert_eq!(s.breaker.state, BreakerState::Open);
     let last = s.last_error.unwrap();
-    assert!(last.contains("error connecting to server"), "{last}");
+    assert!(last.contains("could not connect to 127.0.0.1:"), "{last}");
 
     let start = Instant::now();
     let CheckoutError::CircuitOpen { retry_after, .. } = pool.get().await.unwrap_err() else {
@@ -515,4 +515,170 @@ async fn run_reports_query_errors_without_tripping_the_breaker() {
         .await
         .unwrap();
     assert_eq!(n, 7);
+}
+
+/// `true` when the session runs outside a transaction block: a `SAVEPOINT` is refused there
+/// with SQLSTATE 25P01 (in an open block it succeeds; in a failed one it fails with 25P02).
+async fn outside_a_transaction(conn: &tokio_postgres::Client) -> bool {
+    match conn.batch_execute("savepoint outside_probe").await {
+        Ok(()) => false,
+        Err(e) => e.code() == Some(&tokio_postgres::error::SqlState::NO_ACTIVE_SQL_TRANSACTION),
+    }
+}
+
+/// Sessions of `pids` that the server shows as `idle in transaction` (aborted or not).
+async fn idle_in_transaction(observer: &tokio_postgres::Client, pids: &[i32]) -> i64 {
+    observer
+        .query_one(
+            "select count(*) from pg_stat_activity \
+             where pid = any($1) and state like 'idle in transaction%'",
+            &[&pids],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_returned_inside_a_transaction_is_rolled_back_before_the_next_borrower() {
+    let Some(url) = pg_url(
+        "a_connection_returned_inside_a_transaction_is_rolled_back_before_the_next_borrower",
+    ) else {
+        return;
+    };
+    let (observer, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    observer
+        .batch_execute(
+            "drop table if exists reset_on_return; create table reset_on_return (id int)",
+        )
+        .await
+        .unwrap();
+    // One connection, so every borrower gets the same session.
+    let pool = pool_with(&url, |c| PoolConfig {
+        base_size: 1,
+        max_overflow: 0,
+        ..c
+    });
+    pool.warm_up().await.unwrap();
+
+    // A: BEGIN and an INSERT, returned without COMMIT.
+    let a = pool.get().await.unwrap();
+    let pid = backend_pid(&a).await;
+    a.batch_execute("begin; insert into reset_on_return values (1)")
+        .await
+        .unwrap();
+    drop(a);
+    let b = pool.get().await.unwrap();
+    assert_eq!(backend_pid(&b).await, pid, "the same session, reused");
+    assert!(outside_a_transaction(&b).await, "no transaction open");
+    let seen: i64 = b
+        .query_one("select count(*) from reset_on_return", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 0, "A's row was rolled back, not left for B to commit");
+    assert_eq!(idle_in_transaction(&observer, &[pid]).await, 0);
+
+    // B: a transaction that failed (status `E`), returned as it is.
+    b.batch_execute("begin; insert into reset_on_return values (2)")
+        .await
+        .unwrap();
+    assert!(b.batch_execute("select 1/0").await.is_err());
+    drop(b);
+    let c = pool.get().await.unwrap();
+    assert_eq!(backend_pid(&c).await, pid);
+    assert!(
+        outside_a_transaction(&c).await,
+        "no aborted transaction left"
+    );
+
+    // C: the driver's own `Transaction`, dropped without commit: it queues its ROLLBACK,
+    // which the reset waits out; nothing more to undo.
+    let mut c = c;
+    let tx = c.transaction().await.unwrap();
+    tx.execute("insert into reset_on_return values (3)", &[])
+        .await
+        .unwrap();
+    drop(tx);
+    drop(c);
+    let d = pool.get().await.unwrap();
+    assert_eq!(backend_pid(&d).await, pid);
+    assert!(outside_a_transaction(&d).await);
+    drop(d);
+    // A borrower that does nothing: returned clean, so the pool is at rest after it (D's
+    // last answer, an error, may still have been in flight when D was returned).
+    drop(pool.get().await.unwrap());
+
+    let rows: i64 = observer
+        .query_one("select count(*) from reset_on_return", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "no borrower's uncommitted row exists");
+    assert_eq!(idle_in_transaction(&observer, &[pid]).await, 0);
+    let s = pool.stats();
+    assert_eq!(s.sessions_reset, 2, "A and B were rolled back by the pool");
+    assert_eq!(s.connections_created, 1, "rolled back, not replaced: {s:?}");
+    assert_eq!((s.size, s.idle), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_returned_mid_query_is_closed_once_the_reset_times_out() {
+    let Some(url) = pg_url("a_connection_returned_mid_query_is_closed_once_the_reset_times_out")
+    else {
+        return;
+    };
+    let (observer, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let pool = pool_with(&url, |c| PoolConfig {
+        base_size: 1,
+        max_overflow: 0,
+        validation_timeout: Duration::from_millis(300),
+        ..c
+    });
+    let conn = pool.get().await.unwrap();
+    let pid = backend_pid(&conn).await;
+    // The borrower gives up on a long query inside a transaction and returns the
+    // connection with the query still running.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        conn.batch_execute("begin; select pg_sleep(30)"),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the query was still running");
+    drop(conn);
+
+    let next = pool.get().await.unwrap();
+    let fresh = backend_pid(&next).await;
+    assert_ne!(fresh, pid, "the busy session was not handed out");
+    assert!(outside_a_transaction(&next).await);
+    let s = pool.stats();
+    assert_eq!(
+        s.connections_closed.invalid, 1,
+        "closed by the timed-out reset"
+    );
+    assert_eq!(s.sessions_reset, 0);
+    drop(next);
+
+    // The close came with a cancel request: the old backend does not sleep out its 30 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let alive: i64 = observer
+            .query_one(
+                "select count(*) from pg_stat_activity where pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if alive == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backend {pid} still running its abandoned query"
+        );
+        tokio::task::yield_now().await;
+    }
 }

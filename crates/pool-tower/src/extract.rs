@@ -31,11 +31,11 @@ use crate::semconv;
 ///
 /// ```no_run
 /// # #[cfg(feature = "axum")] mod demo {
-/// use pool_core::postgres::PostgresConnectionManager;
+/// use pool_core::postgres::PostgresManager;
 /// use pool_core::postgres::tokio_postgres::NoTls;
 /// use pool_tower::{Db, DbError};
 ///
-/// async fn count(db: Db<PostgresConnectionManager<NoTls>>) -> Result<String, DbError> {
+/// async fn count(db: Db<PostgresManager<NoTls>>) -> Result<String, DbError> {
 ///     let conn = db.conn().await?;
 ///     let n: i64 = conn
 ///         .query_one("select count(*) from orders", &[])

@@ -27,11 +27,11 @@ pub enum Mode {
 /// ```no_run
 /// # #[cfg(feature = "axum")] async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use axum::{routing::get, Router};
-/// use pool_core::postgres::{tokio_postgres::NoTls, PostgresConnectionManager};
+/// use pool_core::postgres::{tokio_postgres::NoTls, PostgresManager};
 /// use pool_core::{PoolBuilder, PoolConfig};
 /// use pool_tower::{Db, DbError, PoolLayer};
 ///
-/// async fn now(db: Db<PostgresConnectionManager<NoTls>>) -> Result<String, DbError> {
+/// async fn now(db: Db<PostgresManager<NoTls>>) -> Result<String, DbError> {
 ///     let conn = db.conn().await?;
 ///     let row = conn.query_one("select now()::text", &[]).await.map_err(|_| DbError::Query)?;
 ///     Ok(row.get(0))

@@ -9,11 +9,11 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use common::{closed_port, http_get, pg_url};
-use pool_core::postgres::{tokio_postgres::NoTls, PostgresConnectionManager};
+use pool_core::postgres::{tokio_postgres::NoTls, PostgresManager};
 use pool_core::{BreakerConfig, BreakerState, PoolBuilder, PostgresPool};
 use pool_tower::{Db, DbError, PoolLayer};
 
-type Pg = PostgresConnectionManager<NoTls>;
+type Pg = PostgresManager<NoTls>;
 
 async fn answer(db: Db<Pg>) -> Result<String, DbError> {
     let conn = db.conn().await?;

@@ -31,14 +31,14 @@ use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMete
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use pool_core::postgres::tokio_postgres::NoTls;
-use pool_core::postgres::PostgresConnectionManager;
+use pool_core::postgres::PostgresManager;
 use pool_core::{BreakerConfig, DatabaseUrl, Pool, PoolBuilder, PoolConfig};
 use pool_tower::{Db, Monitoring, PoolLayer, PoolTelemetry};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use tower::{service_fn, Layer, ServiceExt};
 
-type Pg = PostgresConnectionManager<NoTls>;
+type Pg = PostgresManager<NoTls>;
 
 const TOKEN: &str = "monitoring-token-for-the-secrets-test";
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

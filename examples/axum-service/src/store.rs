@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use pool_core::postgres::{tokio_postgres::NoTls, PostgresConnectionManager};
+use pool_core::postgres::{tokio_postgres::NoTls, PostgresManager};
 use pool_core::sqlite::{rusqlite, SqliteManager};
 use pool_core::ManageConnection;
 use serde::{Deserialize, Serialize};
@@ -62,15 +62,13 @@ fn pg_note(row: &pool_core::postgres::tokio_postgres::Row) -> Note {
 }
 
 impl Store for Postgres {
-    type Manager = PostgresConnectionManager<NoTls>;
+    type Manager = PostgresManager<NoTls>;
 
     fn name() -> &'static str {
         "PostgreSQL"
     }
 
-    async fn migrate(
-        conn: &mut pool_core::postgres::tokio_postgres::Client,
-    ) -> Result<(), StoreError> {
+    async fn migrate(conn: &mut pool_core::postgres::PostgresConnection) -> Result<(), StoreError> {
         conn.batch_execute(
             "create table if not exists notes (
                  id bigserial primary key,
@@ -83,7 +81,7 @@ impl Store for Postgres {
     }
 
     async fn create(
-        conn: &mut pool_core::postgres::tokio_postgres::Client,
+        conn: &mut pool_core::postgres::PostgresConnection,
         note: NewNote,
     ) -> Result<Note, StoreError> {
         let row = conn
@@ -101,7 +99,7 @@ impl Store for Postgres {
     }
 
     async fn list(
-        conn: &mut pool_core::postgres::tokio_postgres::Client,
+        conn: &mut pool_core::postgres::PostgresConnection,
     ) -> Result<Vec<Note>, StoreError> {
         let rows = conn
             .query("select id, title, body from notes order by id", &[])
@@ -111,7 +109,7 @@ impl Store for Postgres {
     }
 
     async fn get(
-        conn: &mut pool_core::postgres::tokio_postgres::Client,
+        conn: &mut pool_core::postgres::PostgresConnection,
         id: i64,
     ) -> Result<Option<Note>, StoreError> {
         let row = conn

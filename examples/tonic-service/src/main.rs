@@ -7,7 +7,7 @@
 
 use std::pin::Pin;
 
-use pool_core::postgres::{tokio_postgres::NoTls, PostgresConnectionManager};
+use pool_core::postgres::{tokio_postgres::NoTls, PostgresManager};
 use pool_core::sqlite::SqliteManager;
 use pool_core::{ManageConnection, Pool, PoolBuilder, PoolConfig};
 use pool_tower::{Db, PoolLayer};
@@ -22,8 +22,8 @@ trait Ping: ManageConnection {
     fn ping(conn: &mut Self::Connection) -> impl std::future::Future<Output = bool> + Send;
 }
 
-impl Ping for PostgresConnectionManager<NoTls> {
-    async fn ping(conn: &mut pool_core::postgres::tokio_postgres::Client) -> bool {
+impl Ping for PostgresManager<NoTls> {
+    async fn ping(conn: &mut pool_core::postgres::PostgresConnection) -> bool {
         conn.simple_query("select 1").await.is_ok()
     }
 }

@@ -1,4 +1,10 @@
-//! The PostgreSQL backend: bb8-postgres with connection-class error classification.
+//! The PostgreSQL backend: tokio-postgres connections whose sessions are reset on return,
+//! with connection-class error classification.
+//!
+//! A connection handed back with a transaction still open or failed (a `BEGIN` without
+//! `COMMIT`, a handler that returned early) is rolled back before the next borrower gets it;
+//! the pool learns the session's state from the protocol stream itself, so a clean return
+//! costs no round trip (see [`PostgresManager`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,13 +21,20 @@
 //! ```
 
 use std::error::Error as _;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
-pub use bb8_postgres::PostgresConnectionManager;
 pub use tokio_postgres;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres::{NoTls, Socket};
+use tokio_postgres::NoTls;
+
+mod manager;
+mod wire;
+
+pub use manager::{PgSocket, PostgresConnection, PostgresManager};
+use wire::Session;
 
 use crate::builder::PoolBuilder;
 use crate::config::PoolConfig;
@@ -30,7 +43,7 @@ use crate::pool::Pool;
 use crate::url::BackendKind;
 
 /// A PostgreSQL pool without TLS (the common case behind a private network or a sidecar).
-pub type PostgresPool<Tls = NoTls> = Pool<PostgresConnectionManager<Tls>>;
+pub type PostgresPool<Tls = NoTls> = Pool<PostgresManager<Tls>>;
 
 /// Whether a PostgreSQL error means the connection or the server is unusable (and so counts
 /// toward the circuit breaker): closed connections, I/O errors, SQLSTATE class 08
@@ -111,7 +124,19 @@ fn apply_socket_settings(config: &PoolConfig, pg: &mut tokio_postgres::Config) {
     }
 }
 
-impl PoolBuilder<PostgresConnectionManager<NoTls>> {
+/// A session that is not idle (a transaction open or failed, a request unanswered) needs a
+/// reset before reuse.
+fn needs_reset(conn: &PostgresConnection) -> bool {
+    conn.session() != Session::Idle
+}
+
+fn reset(
+    conn: &mut PostgresConnection,
+) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + '_>> {
+    Box::pin(async move { conn.reset().await.map_err(|e| describe(&e)) })
+}
+
+impl PoolBuilder<PostgresManager<NoTls>> {
     /// A builder for a PostgreSQL pool with the development profile's defaults.
     pub fn postgres() -> Self {
         PoolBuilder::new().config(PoolConfig::development())
@@ -128,14 +153,16 @@ impl PoolBuilder<PostgresConnectionManager<NoTls>> {
     }
 }
 
-impl<Tls> PoolBuilder<PostgresConnectionManager<Tls>>
+impl<Tls> PoolBuilder<PostgresManager<Tls>>
 where
-    Tls: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
-    <Tls as MakeTlsConnect<Socket>>::Stream: Send + Sync,
-    <Tls as MakeTlsConnect<Socket>>::TlsConnect: Send,
-    <<Tls as MakeTlsConnect<Socket>>::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    Tls: MakeTlsConnect<PgSocket> + Clone + Send + Sync + 'static,
+    Tls::Stream: Send + Sync + 'static,
+    Tls::TlsConnect: Send + 'static,
+    <Tls::TlsConnect as TlsConnect<PgSocket>>::Future: Send + 'static,
 {
-    /// Builds the pool from the configured `DATABASE_URL` with a TLS connector.
+    /// Builds the pool from the configured `DATABASE_URL` with a TLS connector (one that
+    /// wraps a [`PgSocket`]; the `postgres-openssl`, `postgres-native-tls` and
+    /// `tokio-postgres-rustls` connectors wrap any stream).
     ///
     /// # Errors
     ///
@@ -149,19 +176,19 @@ where
         apply_socket_settings(self.current_config(), &mut pg_config);
         let limit = self.current_config().connect_timeout;
         let cancel_tls = tls.clone();
-        let manager = PostgresConnectionManager::new(pg_config, tls);
+        let manager = PostgresManager::new(pg_config, tls);
         self.backend_name("postgresql")
-            .cancel_with(move |client: &tokio_postgres::Client| {
+            .cancel_with(move |conn: &PostgresConnection| {
                 // A cancel request on a connection of its own, bounded like a connect: the
                 // server would otherwise run the abandoned query to its end.
-                let token = client.cancel_token();
-                let tls = cancel_tls.clone();
+                let cancel = conn.cancel_query(cancel_tls.clone());
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn(async move {
-                        let _ = tokio::time::timeout(limit, token.cancel_query(tls)).await;
+                        let _ = tokio::time::timeout(limit, cancel).await;
                     });
                 }
             })
+            .reset_with(needs_reset, reset)
             .classify_errors(is_connection_error)
             .describe_errors(describe)
             .build(manager)
