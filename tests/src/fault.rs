@@ -11,14 +11,14 @@ use axum::extract::Path;
 use axum::routing::{get, post};
 use axum::Router;
 use pool_core::postgres::tokio_postgres::{self, NoTls};
-use pool_core::postgres::PostgresConnectionManager;
+use pool_core::postgres::PostgresManager;
 use pool_core::{BreakerConfig, PoolBuilder, PostgresPool};
 use pool_tower::{Db, DbError, PoolLayer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-type Pg = PostgresConnectionManager<NoTls>;
+type Pg = PostgresManager<NoTls>;
 
 /// The timeouts every scenario runs with, and the bound they give a request.
 pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -76,11 +76,22 @@ async fn slow(db: Db<Pg>, Path(ms): Path<i64>) -> Result<&'static str, DbError> 
     Ok("ok")
 }
 
+/// A handler with a bug: it opens a transaction, inserts `id` and returns without `COMMIT`.
+async fn leave_open(db: Db<Pg>, Path(id): Path<i64>) -> Result<&'static str, DbError> {
+    let conn = db.conn().await?;
+    conn.batch_execute(&format!("begin; insert into fault_acks (id) values ({id})"))
+        .await
+        .map_err(|_| DbError::Query)?;
+    Ok("left open")
+}
+
 /// The service under test on 127.0.0.1: `POST /write/{id}` inserts an acknowledged row,
-/// `GET /slow/{ms}` holds its connection in `pg_sleep`.
+/// `GET /slow/{ms}` holds its connection in `pg_sleep`, `POST /leave-open/{id}` inserts a row
+/// inside a transaction it never commits.
 pub async fn serve(pool: &PostgresPool) -> SocketAddr {
     let app = Router::new()
         .route("/write/{id}", post(write))
+        .route("/leave-open/{id}", post(leave_open))
         .route("/slow/{ms}", get(slow))
         .layer(PoolLayer::new(pool.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

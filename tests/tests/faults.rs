@@ -241,6 +241,74 @@ async fn clients_that_hang_up_leave_no_busy_or_leaked_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_that_leave_a_transaction_open_hand_no_open_transaction_to_the_next_request() {
+    let Some(url) = pg_url(
+        "handlers_that_leave_a_transaction_open_hand_no_open_transaction_to_the_next_request",
+    ) else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let sc = Scenario::start(&url, &url, "fault_left_open").await;
+    let (pool, addr) = (&sc.pool, sc.addr);
+    // Writes from 6 clients, and beside them 2 clients whose handler leaves a transaction
+    // open (negative ids). A connection handed on with its transaction open would take the
+    // next writes into that transaction: acknowledged, then lost when it is rolled back or
+    // closed, or held idle in the transaction.
+    let buggy: Vec<_> = (0..2i64)
+        .map(|client| {
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for i in 0..50 {
+                    let id = -(client * 1_000 + i + 1);
+                    let path = format!("/leave-open/{id}");
+                    statuses.push(request(addr, "POST", &path, REQUEST_BOUND * 2).await.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let report = load(addr, 6, Duration::from_secs(3), 1_500).await;
+    let mut left_open = 0;
+    for b in buggy {
+        let statuses = b.await.unwrap();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        left_open += statuses.len() as u64;
+    }
+    assert_bounded("transactions left open", &report);
+    assert_eq!(
+        report.count(200),
+        report.outcomes.len(),
+        "{}",
+        report.summary()
+    );
+    let never_committed: i64 = sc
+        .admin
+        .query_one("select count(*) from fault_acks where id < 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        never_committed, 0,
+        "a row of a transaction left open exists"
+    );
+    let s = pool.stats();
+    assert_eq!(
+        s.sessions_reset, left_open,
+        "each left-open transaction rolled back"
+    );
+    assert_eq!(
+        s.connections_closed.invalid + s.connections_closed.broken,
+        0,
+        "rolled back, not closed"
+    );
+    println!(
+        "transactions left open: {left_open} rolled back on return, {} writes acknowledged",
+        report.acked.len()
+    );
+    sc.finish(&report).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_load_above_the_base_reuses_its_connections_after_warm_up() {
     let Some(url) = pg_url("steady_load_above_the_base_reuses_its_connections_after_warm_up")
     else {
