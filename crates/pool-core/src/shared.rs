@@ -1,7 +1,7 @@
 //! State shared by the pool handle, its connections, the wrapped manager and the background
 //! tasks: counters, the breaker, the observers, the leak registry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU64;
 use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
@@ -43,6 +43,10 @@ pub(crate) struct Shared {
     breaker_failures: AtomicU32,
     /// Woken on every breaker transition: waiting checkouts fail fast when it opens.
     pub(crate) breaker_changed: Notify,
+    /// Transitions waiting to be announced, queued under the breaker's lock (so in the order
+    /// they happened) and announced outside it by whoever holds `announcing`.
+    transitions: Mutex<VecDeque<Transition>>,
+    announcing: Mutex<()>,
     /// Set by a failed ping, cleared by the next connect attempt: a run of dead pooled
     /// connections (a database restart kills them all at once) counts as one failure; the
     /// reconnect that follows is what judges the database.
@@ -135,6 +139,8 @@ impl Shared {
             breaker: Mutex::new(breaker),
             breaker_failures: AtomicU32::new(0),
             breaker_changed: Notify::new(),
+            transitions: Mutex::new(VecDeque::new()),
+            announcing: Mutex::new(()),
             validation_failure_counted: AtomicBool::new(false),
             config,
             counters: Counters::default(),
@@ -213,10 +219,7 @@ impl Shared {
 
     #[cold]
     fn admit_slow(&self) -> Result<bool, CheckoutError> {
-        let (admission, transition) = self.breaker.lock().admit(Instant::now().into_std());
-        if let Some(t) = transition {
-            self.on_transition(t);
-        }
+        let admission = self.locked(|b| b.admit(Instant::now().into_std()));
         match admission {
             Admission::Allowed => Ok(false),
             Admission::Probe => Ok(true),
@@ -299,18 +302,51 @@ impl Shared {
         });
     }
 
-    /// Runs `f` on the breaker, refreshes the lock-free mirror of its failure count, and
-    /// publishes the transition (outside the lock) if there was one.
+    /// Runs `f` on the breaker and announces the transition if there was one.
     pub(crate) fn with_breaker(&self, f: impl FnOnce(&mut CircuitBreaker) -> Option<Transition>) {
-        let transition = {
+        self.locked(|b| ((), f(b)));
+    }
+
+    /// Runs `f` on the breaker under its lock. Still under the lock, the lock-free mirrors
+    /// that checkouts read (state, failure count) are set from the breaker itself and a
+    /// transition is queued, so neither can land out of order; the queue is announced (logs,
+    /// observers, waiters) after the lock is released.
+    fn locked<R>(&self, f: impl FnOnce(&mut CircuitBreaker) -> (R, Option<Transition>)) -> R {
+        let result = {
             let mut breaker = self.breaker.lock();
-            let t = f(&mut breaker);
+            let (result, transition) = f(&mut breaker);
             self.breaker_failures
                 .store(breaker.consecutive_failures(), Relaxed);
-            t
+            self.breaker_state.store(breaker.state().to_u8(), Relaxed);
+            if let Some(t) = transition {
+                self.transitions.lock().push_back(t);
+            }
+            result
         };
-        if let Some(t) = transition {
-            self.on_transition(t);
+        self.announce();
+        result
+    }
+
+    /// Announces queued transitions in order. One thread announces at a time; a thread that
+    /// finds another announcing leaves its transition to it, and the announcer looks again
+    /// after letting go, so none is left behind. A transition caused by an observer while it
+    /// is being told of another is announced after it.
+    fn announce(&self) {
+        loop {
+            let Some(announcing) = self.announcing.try_lock() else {
+                return;
+            };
+            loop {
+                let next = self.transitions.lock().pop_front();
+                match next {
+                    Some(t) => self.on_transition(t),
+                    None => break,
+                }
+            }
+            drop(announcing);
+            if self.transitions.lock().is_empty() {
+                return;
+            }
         }
     }
 
@@ -326,7 +362,6 @@ impl Shared {
     }
 
     fn on_transition(&self, t: Transition) {
-        self.breaker_state.store(t.to.to_u8(), Relaxed);
         if t.to == BreakerState::Open {
             self.counters.breaker_opened.fetch_add(1, Relaxed);
         }

@@ -801,3 +801,85 @@ async fn the_monitor_retires_every_expired_idle_connection_while_others_are_in_u
         "the held one on its return"
     );
 }
+
+/// Several threads fail, succeed, force open, reset and disable the breaker at once; once
+/// they stop, the state checkouts act on is the breaker's real state, and the transitions
+/// observers were told of form one unbroken chain ending there.
+#[test]
+fn the_published_breaker_state_is_the_real_one_after_racing_transitions() {
+    let iterations: usize = std::env::var("BREAKER_RACE_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for iteration in 0..iterations {
+        let recorder = Recorder::new();
+        let pool = {
+            let _entered = runtime.enter();
+            let (manager, _state) = MemManager::new();
+            builder()
+                .base_size(4)
+                .max_overflow(0)
+                .checkout_timeout(Duration::from_millis(200))
+                .breaker(BreakerConfig {
+                    failure_threshold: 2,
+                    recovery_timeout: Duration::from_millis(1),
+                    success_threshold: 1,
+                    half_open_max_probes: 1,
+                    ..BreakerConfig::default()
+                })
+                .observer(recorder.clone())
+                .build(manager)
+                .unwrap()
+        };
+        runtime.block_on(pool.warm_up()).unwrap();
+        let held: Vec<_> = (0..3)
+            .map(|_| runtime.block_on(pool.get()).unwrap())
+            .collect();
+        std::thread::scope(|scope| {
+            for (thread, mut conn) in held.into_iter().enumerate() {
+                let (pool, handle) = (&pool, runtime.handle());
+                scope.spawn(move || {
+                    let mut rng = fastrand::Rng::with_seed((iteration * 8 + thread) as u64);
+                    for _ in 0..25 {
+                        match rng.u8(0..6) {
+                            0 | 1 => {
+                                pool.report_error(&mut conn, &common::MemError("connection reset"));
+                            }
+                            2 => pool.force_open_breaker(),
+                            3 => pool.reset_breaker(),
+                            4 => pool.disable_breaker(),
+                            // A checkout: admitted (a probe, when half-open) or turned away.
+                            _ => drop(handle.block_on(pool.get())),
+                        }
+                    }
+                    drop(conn);
+                });
+            }
+        });
+        let real = pool.stats().breaker.state;
+        assert_eq!(
+            pool.breaker_state(),
+            real,
+            "iteration {iteration}: checkouts act on a state that is not the breaker's"
+        );
+        let chain = recorder.transitions();
+        let mut state = BreakerState::Closed;
+        for (from, to) in &chain {
+            assert_eq!(
+                *from, state,
+                "iteration {iteration}: transitions out of order: {chain:?}"
+            );
+            assert_ne!(from, to, "iteration {iteration}: {chain:?}");
+            state = *to;
+        }
+        assert_eq!(
+            state, real,
+            "iteration {iteration}: the last transition announced is not the state: {chain:?}"
+        );
+    }
+}
