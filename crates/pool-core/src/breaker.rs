@@ -12,9 +12,10 @@ use crate::config::BreakerConfig;
 pub enum BreakerState {
     /// Calls pass; failures are counted.
     Closed,
-    /// Calls fail at once until the recovery timeout has passed.
+    /// Calls fail at once while the pool probes the database in the background.
     Open,
-    /// A bounded number of probe calls pass; their outcome decides.
+    /// A background probe reached the database; calls still fail at once while the next
+    /// probes confirm it.
     HalfOpen,
     /// Opened by an operator; stays open until [`CircuitBreaker::reset`].
     ForcedOpen,
@@ -67,13 +68,16 @@ impl fmt::Display for BreakerState {
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum TransitionReason {
-    /// `failure_threshold` consecutive failures while closed.
+    /// `failure_threshold` failure events while closed.
     FailureThreshold,
-    /// The recovery timeout passed while open.
-    RecoveryTimeout,
-    /// `success_threshold` probe successes while half-open.
+    /// A connect failed for a reason no retry can fix (a wrong password, a missing
+    /// database): open at once.
+    FatalError,
+    /// A recovery probe reached the database while open: half-open, probing on at once.
+    ProbeSucceeded,
+    /// `success_threshold` recovery probes in a row reached the database.
     ProbesSucceeded,
-    /// A failure while half-open.
+    /// A recovery probe failed while half-open.
     ProbeFailed,
     /// [`CircuitBreaker::force_open`].
     ForcedOpen,
@@ -88,7 +92,8 @@ impl TransitionReason {
     pub fn as_str(self) -> &'static str {
         match self {
             TransitionReason::FailureThreshold => "failure_threshold",
-            TransitionReason::RecoveryTimeout => "recovery_timeout",
+            TransitionReason::FatalError => "fatal_error",
+            TransitionReason::ProbeSucceeded => "probe_succeeded",
             TransitionReason::ProbesSucceeded => "probes_succeeded",
             TransitionReason::ProbeFailed => "probe_failed",
             TransitionReason::ForcedOpen => "forced_open",
@@ -113,7 +118,7 @@ pub struct Transition {
     pub to: BreakerState,
     /// Why.
     pub reason: TransitionReason,
-    /// Consecutive failures counted when it happened.
+    /// Consecutive failure events counted when it happened.
     pub consecutive_failures: u32,
 }
 
@@ -122,22 +127,43 @@ pub struct Transition {
 pub enum Admission {
     /// Closed or disabled: go ahead.
     Allowed,
-    /// Half-open: go ahead as a probe, and report the outcome with
-    /// [`CircuitBreaker::on_probe_success`], [`CircuitBreaker::on_failure`] or
-    /// [`CircuitBreaker::probe_abandoned`].
-    Probe,
-    /// Open: fail now and try again after `retry_after`.
+    /// Open, half-open or forced open: fail now and try again after `retry_after`.
     Rejected {
-        /// Time until the breaker admits probes (for `Retry-After`).
+        /// Time until the next recovery probe (for `Retry-After`); the recovery timeout
+        /// when forced open.
         retry_after: Duration,
     },
 }
 
-/// How long a caller turned away in half-open (all probes busy) is told to wait.
-const HALF_OPEN_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// A recovery attempt handed out by [`CircuitBreaker::start_probe`]. It belongs to the round
+/// it was started in (a round ends whenever the breaker opens, closes, is forced, reset or
+/// disabled); reported after its round ended, it is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    round: u64,
+}
+
+impl Probe {
+    /// The round it belongs to.
+    pub fn round(self) -> u64 {
+        self.round
+    }
+}
+
+/// The first recovery probe runs this long after the breaker opens; after each failed probe
+/// the wait doubles, up to the recovery timeout.
+pub const FIRST_PROBE_DELAY: Duration = Duration::from_millis(100);
 
 /// The circuit breaker: a pure state machine. It does no I/O and reads no clock; every call
 /// takes the current time, so it is tested exhaustively without waiting.
+///
+/// Closed, it counts failure events; `failure_threshold` of them in a row open it (a fatal
+/// one at once). Open, it turns every call away and hands out recovery probes
+/// ([`CircuitBreaker::start_probe`], one at a time): the first [`FIRST_PROBE_DELAY`] after
+/// opening, then after each failed probe twice the previous wait, at most `recovery_timeout`.
+/// The first probe that reaches the database makes it half-open and the next probe is due at
+/// once; `success_threshold` in a row close it, a failure opens it again. Only probes move it
+/// out of open: failures and successes of calls are ignored until it closes.
 ///
 /// ```
 /// use std::time::{Duration, Instant};
@@ -145,30 +171,39 @@ const HALF_OPEN_RETRY_AFTER: Duration = Duration::from_secs(1);
 ///
 /// let mut breaker = CircuitBreaker::new(BreakerConfig {
 ///     failure_threshold: 2,
-///     recovery_timeout: Duration::from_secs(10),
-///     success_threshold: 1,
-///     half_open_max_probes: 1,
+///     recovery_timeout: Duration::from_secs(1),
+///     success_threshold: 2,
 ///     ..BreakerConfig::default()
 /// });
 /// let t0 = Instant::now();
 /// breaker.on_failure(t0);
 /// let opened = breaker.on_failure(t0).unwrap();
 /// assert_eq!((opened.from, opened.to), (BreakerState::Closed, BreakerState::Open));
-/// assert!(matches!(breaker.admit(t0).0, Admission::Rejected { .. }));
+/// assert!(matches!(breaker.admit(t0), Admission::Rejected { .. }));
 ///
-/// let (admission, half_open) = breaker.admit(t0 + Duration::from_secs(10));
-/// assert_eq!(admission, Admission::Probe);
-/// assert_eq!(half_open.unwrap().to, BreakerState::HalfOpen);
-/// assert_eq!(breaker.on_probe_success(t0).unwrap().to, BreakerState::Closed);
+/// // The first probe is due 100 ms later; two that reach the database close it.
+/// assert!(breaker.start_probe(t0).is_none());
+/// let t1 = t0 + Duration::from_millis(100);
+/// let probe = breaker.start_probe(t1).unwrap();
+/// assert_eq!(breaker.on_probe(probe, true, t1).unwrap().to, BreakerState::HalfOpen);
+/// let probe = breaker.start_probe(t1).unwrap();
+/// assert_eq!(breaker.on_probe(probe, true, t1).unwrap().to, BreakerState::Closed);
+/// assert_eq!(breaker.admit(t1), Admission::Allowed);
 /// ```
 #[derive(Clone, Debug)]
 pub struct CircuitBreaker {
     config: BreakerConfig,
     state: BreakerState,
     consecutive_failures: u32,
+    /// Probes in a row that reached the database, this round.
     probe_successes: u32,
-    probes_in_flight: u32,
-    opened_at: Option<Instant>,
+    /// Probes in a row that failed, this round (the backoff's exponent).
+    probe_failures: u32,
+    /// The round of the probe running now.
+    probe_in_flight: Option<u64>,
+    round: u64,
+    /// When the next probe is due, while open or half-open.
+    next_probe_at: Option<Instant>,
     transitions: u64,
     rejected: u64,
 }
@@ -186,20 +221,21 @@ impl CircuitBreaker {
             state,
             consecutive_failures: 0,
             probe_successes: 0,
-            probes_in_flight: 0,
-            opened_at: None,
+            probe_failures: 0,
+            probe_in_flight: None,
+            round: 0,
+            next_probe_at: None,
             transitions: 0,
             rejected: 0,
         }
     }
 
-    /// The current state (an open breaker whose recovery timeout has passed still reads
-    /// `Open` until the next [`CircuitBreaker::admit`]).
+    /// The current state.
     pub fn state(&self) -> BreakerState {
         self.state
     }
 
-    /// Failures counted since the last success.
+    /// Failure events counted since the last success.
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures
     }
@@ -214,41 +250,36 @@ impl CircuitBreaker {
         self.rejected
     }
 
-    /// Time left until an open breaker admits probes; `None` unless open.
-    pub fn time_until_half_open(&self, now: Instant) -> Option<Duration> {
-        match (self.state, self.opened_at) {
-            (BreakerState::Open, Some(at)) => {
-                Some((at + self.config.recovery_timeout).saturating_duration_since(now))
-            }
-            _ => None,
-        }
+    /// The current round (see [`Probe`]).
+    pub fn round(&self) -> u64 {
+        self.round
     }
 
-    /// Decides whether a call may go ahead. An open breaker whose recovery timeout has
-    /// passed turns half-open here (the returned transition).
-    pub fn admit(&mut self, now: Instant) -> (Admission, Option<Transition>) {
-        let mut transition = None;
-        if self.state == BreakerState::Open
-            && self.time_until_half_open(now).is_some_and(|d| d.is_zero())
-        {
-            self.probe_successes = 0;
-            self.probes_in_flight = 0;
-            transition = Some(self.go(BreakerState::HalfOpen, TransitionReason::RecoveryTimeout));
-        }
-        let admission = match self.state {
+    /// Time left until the next recovery probe is due (zero when due or running); `None`
+    /// unless open or half-open.
+    pub fn next_probe_in(&self, now: Instant) -> Option<Duration> {
+        self.next_probe_at
+            .map(|at| at.saturating_duration_since(now))
+    }
+
+    /// The wait before the probe after `failures` failed ones.
+    fn backoff(&self, failures: u32) -> Duration {
+        let cap = self.config.recovery_timeout.max(FIRST_PROBE_DELAY);
+        FIRST_PROBE_DELAY
+            .saturating_mul(1u32.checked_shl(failures).unwrap_or(u32::MAX))
+            .min(cap)
+    }
+
+    /// Decides whether a call may go ahead.
+    pub fn admit(&mut self, now: Instant) -> Admission {
+        match self.state {
             BreakerState::Closed | BreakerState::Disabled => Admission::Allowed,
-            BreakerState::HalfOpen if self.probes_in_flight < self.config.half_open_max_probes => {
-                self.probes_in_flight += 1;
-                Admission::Probe
-            }
-            BreakerState::HalfOpen => self.reject(HALF_OPEN_RETRY_AFTER),
-            BreakerState::Open => {
-                let retry_after = self.time_until_half_open(now).unwrap_or_default();
+            BreakerState::Open | BreakerState::HalfOpen => {
+                let retry_after = self.next_probe_in(now).unwrap_or_default();
                 self.reject(retry_after)
             }
             BreakerState::ForcedOpen => self.reject(self.config.recovery_timeout),
-        };
-        (admission, transition)
+        }
     }
 
     fn reject(&mut self, retry_after: Duration) -> Admission {
@@ -256,81 +287,120 @@ impl CircuitBreaker {
         Admission::Rejected { retry_after }
     }
 
+    /// Hands out the next recovery probe if one is due: open or half-open, none running, and
+    /// its time has come. Report it with [`CircuitBreaker::on_probe`].
+    pub fn start_probe(&mut self, now: Instant) -> Option<Probe> {
+        let due = self.next_probe_at.is_some_and(|at| now >= at);
+        if !matches!(self.state, BreakerState::Open | BreakerState::HalfOpen)
+            || self.probe_in_flight.is_some()
+            || !due
+        {
+            return None;
+        }
+        self.probe_in_flight = Some(self.round);
+        Some(Probe { round: self.round })
+    }
+
+    /// A probe's outcome: `reached` when it opened a connection and the database answered on
+    /// it. A probe from an earlier round changes nothing.
+    pub fn on_probe(&mut self, probe: Probe, reached: bool, now: Instant) -> Option<Transition> {
+        if self.probe_in_flight == Some(probe.round) {
+            self.probe_in_flight = None;
+        }
+        if probe.round != self.round
+            || !matches!(self.state, BreakerState::Open | BreakerState::HalfOpen)
+        {
+            return None;
+        }
+        if reached {
+            self.probe_successes += 1;
+            self.probe_failures = 0;
+            if self.probe_successes >= self.config.success_threshold {
+                self.consecutive_failures = 0;
+                return Some(self.enter(
+                    BreakerState::Closed,
+                    TransitionReason::ProbesSucceeded,
+                    now,
+                ));
+            }
+            self.next_probe_at = Some(now);
+            return (self.state == BreakerState::Open)
+                .then(|| self.go(BreakerState::HalfOpen, TransitionReason::ProbeSucceeded));
+        }
+        self.probe_successes = 0;
+        if self.state == BreakerState::HalfOpen {
+            return Some(self.enter(BreakerState::Open, TransitionReason::ProbeFailed, now));
+        }
+        self.probe_failures = self.probe_failures.saturating_add(1);
+        self.next_probe_at = Some(now + self.backoff(self.probe_failures));
+        None
+    }
+
     /// A success outside a probe (a connect or ping that worked): clears the failure count
-    /// while closed, and is ignored otherwise (only probes decide in half-open).
+    /// while closed, and is ignored otherwise (only probes decide while open).
     pub fn on_success(&mut self) {
         if self.state == BreakerState::Closed {
             self.consecutive_failures = 0;
         }
     }
 
-    /// A probe admitted by [`CircuitBreaker::admit`] succeeded.
-    pub fn on_probe_success(&mut self, _now: Instant) -> Option<Transition> {
-        if self.state != BreakerState::HalfOpen {
+    /// A failure event that counts (connect error, connect timeout, failed ping, classified
+    /// operation error). Opens a closed breaker at the threshold; ignored in other states.
+    pub fn on_failure(&mut self, now: Instant) -> Option<Transition> {
+        if self.state != BreakerState::Closed {
             return None;
         }
-        self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
-        self.probe_successes += 1;
-        if self.probe_successes >= self.config.success_threshold {
-            self.consecutive_failures = 0;
-            self.probe_successes = 0;
-            self.probes_in_flight = 0;
-            self.opened_at = None;
-            return Some(self.go(BreakerState::Closed, TransitionReason::ProbesSucceeded));
-        }
-        None
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        (self.consecutive_failures >= self.config.failure_threshold)
+            .then(|| self.enter(BreakerState::Open, TransitionReason::FailureThreshold, now))
     }
 
-    /// A probe ended without an outcome (its caller gave up): its slot is freed.
-    pub fn probe_abandoned(&mut self) {
-        if self.state == BreakerState::HalfOpen {
-            self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
+    /// A failure no retry can fix (a wrong password, a missing database): opens a closed
+    /// breaker at once, so callers get the cause instead of waiting for more attempts.
+    pub fn on_fatal_failure(&mut self, now: Instant) -> Option<Transition> {
+        if self.state != BreakerState::Closed {
+            return None;
         }
-    }
-
-    /// A failure that counts (connect error, connect timeout, failed ping, classified
-    /// operation error). Opens a closed breaker at the threshold; reopens a half-open one.
-    pub fn on_failure(&mut self, now: Instant) -> Option<Transition> {
-        match self.state {
-            BreakerState::Closed => {
-                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-                if self.consecutive_failures >= self.config.failure_threshold {
-                    self.opened_at = Some(now);
-                    return Some(self.go(BreakerState::Open, TransitionReason::FailureThreshold));
-                }
-                None
-            }
-            BreakerState::HalfOpen => {
-                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-                self.opened_at = Some(now);
-                self.probe_successes = 0;
-                self.probes_in_flight = 0;
-                Some(self.go(BreakerState::Open, TransitionReason::ProbeFailed))
-            }
-            BreakerState::Open | BreakerState::ForcedOpen | BreakerState::Disabled => None,
-        }
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        Some(self.enter(BreakerState::Open, TransitionReason::FatalError, now))
     }
 
     /// Opens the breaker until [`CircuitBreaker::reset`] (maintenance, failover drills).
     pub fn force_open(&mut self) -> Option<Transition> {
         (self.state != BreakerState::ForcedOpen)
-            .then(|| self.go(BreakerState::ForcedOpen, TransitionReason::ForcedOpen))
+            .then(|| self.enter_at_rest(BreakerState::ForcedOpen, TransitionReason::ForcedOpen))
     }
 
     /// Closes the breaker and clears its counts, whatever its state.
     pub fn reset(&mut self) -> Option<Transition> {
         self.consecutive_failures = 0;
-        self.probe_successes = 0;
-        self.probes_in_flight = 0;
-        self.opened_at = None;
-        (self.state != BreakerState::Closed)
-            .then(|| self.go(BreakerState::Closed, TransitionReason::Reset))
+        if self.state == BreakerState::Closed {
+            return None;
+        }
+        Some(self.enter_at_rest(BreakerState::Closed, TransitionReason::Reset))
     }
 
     /// Turns the breaker off: every call passes. [`CircuitBreaker::reset`] turns it on again.
     pub fn disable(&mut self) -> Option<Transition> {
         (self.state != BreakerState::Disabled)
-            .then(|| self.go(BreakerState::Disabled, TransitionReason::Disabled))
+            .then(|| self.enter_at_rest(BreakerState::Disabled, TransitionReason::Disabled))
+    }
+
+    /// Starts a new round in `to`: open schedules its first probe, other states none.
+    fn enter(&mut self, to: BreakerState, reason: TransitionReason, now: Instant) -> Transition {
+        self.round += 1;
+        self.probe_successes = 0;
+        self.probe_failures = 0;
+        self.next_probe_at = (to == BreakerState::Open).then(|| now + FIRST_PROBE_DELAY);
+        self.go(to, reason)
+    }
+
+    fn enter_at_rest(&mut self, to: BreakerState, reason: TransitionReason) -> Transition {
+        self.round += 1;
+        self.probe_successes = 0;
+        self.probe_failures = 0;
+        self.next_probe_at = None;
+        self.go(to, reason)
     }
 
     fn go(&mut self, to: BreakerState, reason: TransitionReason) -> Transition {

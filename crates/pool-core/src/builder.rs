@@ -53,6 +53,7 @@ pub struct PoolBuilder<M: ManageConnection> {
     backend: Option<String>,
     classify: Option<Classify<M::Error>>,
     describe: fn(&M::Error) -> String,
+    failure_kind: fn(&M::Error) -> crate::connection::ConnectFailure,
     cancel: Option<crate::shared::CancelHook>,
     reset: Option<crate::shared::ResetHook>,
     _manager: PhantomData<fn() -> M>,
@@ -88,6 +89,7 @@ impl<M: ManageConnection> PoolBuilder<M> {
             backend: None,
             classify: None,
             describe: debug_text::<M::Error>,
+            failure_kind: |_| crate::connection::ConnectFailure::Transient,
             cancel: None,
             reset: None,
             _manager: PhantomData,
@@ -256,6 +258,19 @@ impl<M: ManageConnection> PoolBuilder<M> {
         self
     }
 
+    /// What a failed connect says about the database (see
+    /// [`ConnectFailure`](crate::ConnectFailure)). Defaults to every failure being
+    /// [`ConnectFailure::Transient`](crate::ConnectFailure::Transient); the PostgreSQL backend
+    /// treats authentication failures and a missing database as fatal and `too many
+    /// connections` (SQLSTATE 53300) as capacity.
+    pub fn connect_failures(
+        mut self,
+        f: fn(&M::Error) -> crate::connection::ConnectFailure,
+    ) -> Self {
+        self.failure_kind = f;
+        self
+    }
+
     /// How to ask the database to stop what a connection is running, for an operation the
     /// pool gives up on (past the operation timeout, or abandoned by its caller) before it
     /// closes the connection; closing alone leaves the server running it. Called inside the
@@ -353,6 +368,7 @@ impl<M: ManageConnection> PoolBuilder<M> {
             inner: Arc::new(manager),
             shared: shared.clone(),
             describe: self.describe,
+            failure_kind: self.failure_kind,
         };
         // bb8 panics on zero sizes and durations; `check` has ruled those out. Lifetimes are
         // enforced with jitter on checkout and return and by the monitor's idle walk, not by

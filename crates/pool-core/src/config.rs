@@ -40,14 +40,17 @@ pub struct BreakerConfig {
     /// Consecutive failures that open the breaker (`DB_CIRCUIT_BREAKER_FAILURE_THRESHOLD`).
     /// Defaults to 5.
     pub failure_threshold: u32,
-    /// How long the breaker stays open before it admits probes
-    /// (`DB_CIRCUIT_BREAKER_RECOVERY_TIMEOUT`). Defaults to 60 s.
+    /// The longest wait between two recovery probes while the breaker is open
+    /// (`DB_CIRCUIT_BREAKER_RECOVERY_TIMEOUT`): the pool probes the database in the
+    /// background 100 ms after the breaker opens, then after each failed probe waits twice as
+    /// long as before, up to this. So it bounds how late the breaker closes after the
+    /// database is back, for an outage of any length, and the probe rate against a database
+    /// that stays down (one per this period). Defaults to 1 s.
     pub recovery_timeout: Duration,
-    /// Probe successes in half-open that close the breaker
-    /// (`DB_CIRCUIT_BREAKER_SUCCESS_THRESHOLD`). Defaults to 3.
+    /// Recovery probes in a row that must reach the database to close the breaker
+    /// (`DB_CIRCUIT_BREAKER_SUCCESS_THRESHOLD`); after the first, the next runs at once.
+    /// Defaults to 3.
     pub success_threshold: u32,
-    /// Probes admitted at once while half-open. Defaults to `success_threshold`.
-    pub half_open_max_probes: u32,
     /// Time limit for an operation run through [`Pool::run`](crate::Pool::run), and for
     /// how long pool-tower's layer lets a request keep its connection lent out to one
     /// operation (`DB_CIRCUIT_BREAKER_TIMEOUT`); a timed-out operation closes its connection
@@ -60,9 +63,8 @@ impl Default for BreakerConfig {
         BreakerConfig {
             enabled: true,
             failure_threshold: 5,
-            recovery_timeout: Duration::from_secs(60),
+            recovery_timeout: Duration::from_secs(1),
             success_threshold: 3,
-            half_open_max_probes: 3,
             operation_timeout: Duration::from_secs(30),
         }
     }
@@ -329,7 +331,6 @@ impl PoolConfig {
         for (setting, value) in [
             (Setting::BreakerFailures, self.breaker.failure_threshold),
             (Setting::BreakerSuccesses, self.breaker.success_threshold),
-            (Setting::BreakerProbes, self.breaker.half_open_max_probes),
         ] {
             check(
                 (1..=MAX_THRESHOLD).contains(&value),
@@ -475,7 +476,6 @@ pub(crate) enum Setting {
     BreakerRecovery,
     BreakerSuccesses,
     BreakerTimeout,
-    BreakerProbes,
     Name,
     ValidationBypass,
     ValidationTimeout,
@@ -500,7 +500,6 @@ impl Setting {
             Setting::BreakerRecovery => "DB_CIRCUIT_BREAKER_RECOVERY_TIMEOUT",
             Setting::BreakerSuccesses => "DB_CIRCUIT_BREAKER_SUCCESS_THRESHOLD",
             Setting::BreakerTimeout => "DB_CIRCUIT_BREAKER_TIMEOUT",
-            Setting::BreakerProbes => "half_open_max_probes",
             Setting::Name => "DB_POOL_NAME",
             Setting::ValidationBypass => "validation_bypass",
             Setting::ValidationTimeout => "DB_POOL_VALIDATION_TIMEOUT",

@@ -40,11 +40,28 @@ pub(crate) struct ResetHooks<C> {
     pub(crate) reset: ResetFn<C>,
 }
 
+/// What a failed connect says about the database, for the circuit breaker (see
+/// [`PoolBuilder::connect_failures`](crate::PoolBuilder::connect_failures)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectFailure {
+    /// The database may be down or unreachable: a failure event for the breaker (attempts
+    /// that fail together are one event).
+    Transient,
+    /// No retry can fix it (a wrong password, a missing database): the breaker opens at once
+    /// and callers get this error as the cause.
+    Fatal,
+    /// The server is at capacity (PostgreSQL's `too many connections`): not an outage, the
+    /// pool's working connections keep serving; new connects are retried with backoff.
+    Capacity,
+}
+
 /// The manager the pool hands to bb8.
 pub(crate) struct Managed<M: ManageConnection> {
     pub(crate) inner: Arc<M>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) describe: Describe<M::Error>,
+    pub(crate) failure_kind: fn(&M::Error) -> ConnectFailure,
 }
 
 impl<M: ManageConnection> Clone for Managed<M> {
@@ -53,6 +70,7 @@ impl<M: ManageConnection> Clone for Managed<M> {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
             describe: self.describe,
+            failure_kind: self.failure_kind,
         }
     }
 }
@@ -120,7 +138,10 @@ impl<C> Drop for Tracked<C> {
 }
 
 impl<M: ManageConnection> Managed<M> {
-    fn failed(&self, took: Duration, text: &str) {
+    /// A connect failed: counted, its text (passwords hidden) kept as the last error, and
+    /// `event` (the failure epoch it started at, and whether it is fatal) reported to the
+    /// breaker; `None` for failures that are not the database's (capacity, probes).
+    fn failed(&self, took: Duration, text: &str, event: Option<(u64, bool)>) {
         let counters = &self.shared.counters;
         counters.create_failures.fetch_add(1, Relaxed);
         let text = self.shared.set_last_error(text);
@@ -129,18 +150,22 @@ impl<M: ManageConnection> Managed<M> {
             took,
             error: Some(&text),
         });
-        self.shared.record_failure();
+        if let Some((epoch, fatal)) = event {
+            self.shared.record_failure_since(epoch, fatal);
+        }
     }
-}
 
-impl<M: ManageConnection> ManageConnection for Managed<M> {
-    type Connection = Tracked<M::Connection>;
-    type Error = ConnectError<M::Error>;
-
-    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
-        if !self.shared.connect_allowed() {
+    /// Opens a connection within the connect timeout and does its bookkeeping. `probe`: a
+    /// recovery probe, which may connect while the breaker is open and whose outcome the
+    /// prober reports itself.
+    pub(crate) async fn open(
+        &self,
+        probe: bool,
+    ) -> Result<Tracked<M::Connection>, ConnectError<M::Error>> {
+        if !probe && !self.shared.connect_allowed() {
             return Err(ConnectError::CircuitOpen);
         }
+        let epoch = self.shared.failure_epoch();
         let timeout = self.shared.config.connect_timeout;
         let start = self.shared.clock.now();
         let outcome = tokio::time::timeout(timeout, self.inner.connect()).await;
@@ -151,7 +176,9 @@ impl<M: ManageConnection> ManageConnection for Managed<M> {
                 let shared = &self.shared;
                 shared.counters.created.fetch_add(1, Relaxed);
                 shared.counters.open.fetch_add(1, Relaxed);
-                shared.record_success();
+                if !probe {
+                    shared.record_success();
+                }
                 shared.emit(&PoolEvent::ConnectionCreated { took, error: None });
                 let now = shared.clock.now();
                 let expires_at = match shared.config.max_lifetime {
@@ -172,17 +199,57 @@ impl<M: ManageConnection> ManageConnection for Managed<M> {
                 })
             }
             Ok(Err(e)) => {
-                self.failed(took, &(self.describe)(&e));
+                let event = match (self.failure_kind)(&e) {
+                    _ if probe => None,
+                    ConnectFailure::Capacity => None,
+                    ConnectFailure::Fatal => Some((epoch, true)),
+                    ConnectFailure::Transient => Some((epoch, false)),
+                };
+                self.failed(took, &(self.describe)(&e), event);
                 Err(ConnectError::Backend(e))
             }
             Err(_) => {
                 self.failed(
                     took,
                     &format!("connect timed out after {}ms", timeout.as_millis()),
+                    (!probe).then_some((epoch, false)),
                 );
                 Err(ConnectError::Timeout(timeout))
             }
         }
+    }
+
+    /// A recovery probe: a new connection and a ping on it, each within its timeout, so the
+    /// verdict rests on real I/O with the database. The connection, if it worked.
+    pub(crate) async fn probe(&self) -> Option<Tracked<M::Connection>> {
+        let mut conn = self.open(true).await.ok()?;
+        let limit = self.shared.config.validation_timeout;
+        match tokio::time::timeout(limit, self.inner.is_valid(&mut conn.conn)).await {
+            Ok(Ok(())) => Some(conn),
+            Ok(Err(e)) => {
+                let text = self.shared.set_last_error(&(self.describe)(&e));
+                tracing::debug!(pool = %self.shared.name, error = %text, "recovery probe's ping failed");
+                conn.meta.close = Some(CloseReason::Invalid);
+                None
+            }
+            Err(_) => {
+                self.shared.set_last_error(&format!(
+                    "validation timed out after {}ms",
+                    limit.as_millis()
+                ));
+                conn.meta.close = Some(CloseReason::Invalid);
+                None
+            }
+        }
+    }
+}
+
+impl<M: ManageConnection> ManageConnection for Managed<M> {
+    type Connection = Tracked<M::Connection>;
+    type Error = ConnectError<M::Error>;
+
+    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        self.open(false).await
     }
 
     /// Not called by bb8 (the pool validates in its own checkout, where it already has the

@@ -127,11 +127,7 @@ impl PoolConfig {
             MAX_TIMEOUT,
             &mut breaker.recovery_timeout,
         );
-        let before = breaker.success_threshold;
         reader.threshold(Setting::BreakerSuccesses, &mut breaker.success_threshold);
-        if breaker.half_open_max_probes == before {
-            breaker.half_open_max_probes = breaker.success_threshold;
-        }
         reader.duration(
             Setting::BreakerTimeout,
             MAX_TIMEOUT,
@@ -590,7 +586,6 @@ mod tests {
         assert_eq!(c.breaker.failure_threshold, 4);
         assert_eq!(c.breaker.recovery_timeout, Duration::from_secs(5));
         assert_eq!(c.breaker.success_threshold, 2);
-        assert_eq!(c.breaker.half_open_max_probes, 2);
         assert_eq!(c.breaker.operation_timeout, Duration::from_millis(12_500));
     }
 

@@ -20,10 +20,12 @@ mod stats;
 mod url;
 
 pub use bb8::ManageConnection;
-pub use breaker::{Admission, BreakerState, CircuitBreaker, Transition, TransitionReason};
+pub use breaker::{
+    Admission, BreakerState, CircuitBreaker, Probe, Transition, TransitionReason, FIRST_PROBE_DELAY,
+};
 pub use builder::PoolBuilder;
 pub use config::{BreakerConfig, ConfigError, ConfigProblem, PoolConfig, Profile};
-pub use connection::{PooledConnection, ResetFn};
+pub use connection::{ConnectFailure, PooledConnection, ResetFn};
 pub use env::parse_duration;
 pub use error::{BuildError, CheckoutError, ConnectError, PoolSnapshot, RunError};
 pub use observer::{CheckoutOutcome, CloseReason, PoolEvent, PoolObserver, UtilizationLevel};

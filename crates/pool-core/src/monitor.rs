@@ -1,4 +1,5 @@
-//! Background tasks: the utilization and health monitor, and the leak scanner.
+//! Background tasks: the utilization and health monitor, the breaker's recovery prober, the
+//! idle reaper and the leak scanner.
 //!
 //! Both hold only weak references and stop when the pool is dropped.
 
@@ -15,6 +16,7 @@ use crate::pool::PoolInner;
 use crate::shared::Shared;
 
 pub(crate) fn spawn<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
+    spawn_recovery(inner);
     every(
         inner.shared.config.health_interval,
         Arc::downgrade(inner),
@@ -40,6 +42,51 @@ pub(crate) fn spawn<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
             true
         });
     }
+}
+
+/// How often the recovery prober looks whether its pool is still alive while the breaker is
+/// closed (a transition wakes it at once).
+const RECOVERY_IDLE_CHECK: Duration = Duration::from_secs(5);
+
+/// The breaker's recovery prober: while the breaker is open or half-open, runs each probe
+/// the breaker hands out when it is due (one at a time: a new connection and a ping on it)
+/// and reports the outcome. A connection that worked joins the pool, so the pool has one
+/// ready when the breaker closes. User requests are never probes.
+fn spawn_recovery<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
+    let pool = Arc::downgrade(inner);
+    let shared = inner.shared.clone();
+    tokio::spawn(async move {
+        loop {
+            if shared.closing.load(Relaxed) {
+                break;
+            }
+            // Registered before the state is read, so no transition in between is missed.
+            let changed = shared.breaker_changed.notified();
+            let probe = match shared.next_probe() {
+                Ok(probe) => probe,
+                Err(wait) => {
+                    let wait = wait.unwrap_or(RECOVERY_IDLE_CHECK);
+                    let _ = tokio::time::timeout(wait, changed).await;
+                    continue;
+                }
+            };
+            let Some(pool) = pool.upgrade() else {
+                break;
+            };
+            let conn = pool.managed.probe().await;
+            let reached = conn.is_some();
+            if let Some(conn) = conn {
+                if let Err(bb8::AddError::NoCapacity(mut conn) | bb8::AddError::Broken(mut conn)) =
+                    pool.bb8.add(conn)
+                {
+                    conn.meta.close.get_or_insert(CloseReason::Overflow);
+                }
+            }
+            drop(pool);
+            tracing::debug!(pool = %shared.name, reached, round = probe.round(), "recovery probe");
+            shared.probe_done(probe, reached);
+        }
+    });
 }
 
 /// Runs `each` every `period`, the first time one period from now, while `target` is alive

@@ -136,6 +136,8 @@ impl<M: ManageConnection> Drop for PoolInner<M> {
         self.shared
             .monitor_status
             .store(MonitorStatus::Stopped as u8, Relaxed);
+        // Wakes the recovery prober, which then sees `closing` and ends.
+        self.shared.breaker_changed.notify_waiters();
     }
 }
 
@@ -267,9 +269,9 @@ impl<M: ManageConnection> Pool<M> {
         location: &'static Location<'static>,
     ) -> Result<PooledConnection<M>, CheckoutError> {
         let shared = &self.inner.shared;
-        let probe = shared.admit()?;
+        shared.admit()?;
         let start = shared.clock.now();
-        if !probe {
+        {
             // The common case: an idle connection, used within the bypass window, on the first
             // poll. No timer, no pending count, no second clock read; it counts as no wait.
             let mut get = pin!(self.inner.bb8.get_owned());
@@ -283,8 +285,7 @@ impl<M: ManageConnection> Pool<M> {
                         return Ok(self.hand_out(conn, start, Duration::ZERO, true, location))
                     }
                     Verdict::Ping => {
-                        return Box::pin(self.checkout_slow(start, false, location, Some(conn)))
-                            .await
+                        return Box::pin(self.checkout_slow(start, location, Some(conn))).await
                     }
                     Verdict::Retired => drop(conn),
                 }
@@ -294,7 +295,7 @@ impl<M: ManageConnection> Pool<M> {
         // queued in bb8 beside the slow path's, and bb8 would open a connection for each.
         // Boxed: the slow path's state is large, and keeping it out of line keeps the future
         // that every checkout creates (and moves) small.
-        Box::pin(self.checkout_slow(start, probe, location, None)).await
+        Box::pin(self.checkout_slow(start, location, None)).await
     }
 
     #[inline]
@@ -329,13 +330,12 @@ impl<M: ManageConnection> Pool<M> {
     async fn checkout_slow(
         &self,
         start: Stamp,
-        probe: bool,
         location: &'static Location<'static>,
         mut candidate: Option<bb8::PooledConnection<'static, Managed<M>>>,
     ) -> Result<PooledConnection<M>, CheckoutError> {
         let shared = &self.inner.shared;
         let counters = &shared.counters;
-        let mut waiting = Waiting::new(shared, probe);
+        let mut waiting = Waiting::new(shared);
         if counters.in_use() >= u64::from(shared.config.max_size())
             && counters.exhausted.swap(1, Relaxed) == 0
         {
@@ -370,7 +370,7 @@ impl<M: ManageConnection> Pool<M> {
         let waited = now.saturating_since(start);
         match result {
             Ok(conn) => {
-                waiting.done(true);
+                waiting.done();
                 Ok(self.hand_out(conn, now, waited, false, location))
             }
             Err(error) => {
@@ -382,7 +382,7 @@ impl<M: ManageConnection> Pool<M> {
                     waiting: counters.pending.load(Relaxed),
                     max: shared.config.max_size(),
                 };
-                waiting.done(false);
+                waiting.done();
                 counters.timeouts.fetch_add(1, Relaxed);
                 counters.record_wait(waited);
                 let (last_error, last_error_age) = match error {
@@ -606,7 +606,7 @@ impl<M: ManageConnection> Pool<M> {
                 transitions,
                 opened: c.breaker_opened.load(Relaxed),
                 rejected,
-                time_until_half_open: until,
+                next_probe_in: until,
             },
             last_error: shared.last_error(),
             monitor: MonitorStatus::from_u8(shared.monitor_status.load(Relaxed)),
@@ -620,29 +620,24 @@ enum Next<E> {
 }
 
 /// Counts a checkout as pending while it waits; if the future is dropped mid-wait the count
-/// still falls and a half-open probe slot is given back.
+/// still falls.
 struct Waiting<'a> {
     shared: &'a Shared,
-    probe: bool,
     finished: bool,
 }
 
 impl<'a> Waiting<'a> {
-    fn new(shared: &'a Shared, probe: bool) -> Self {
+    fn new(shared: &'a Shared) -> Self {
         shared.counters.pending.fetch_add(1, Relaxed);
         Waiting {
             shared,
-            probe,
             finished: false,
         }
     }
 
-    fn done(&mut self, success: bool) {
+    fn done(&mut self) {
         self.finished = true;
         self.shared.counters.pending.fetch_sub(1, Relaxed);
-        if self.probe {
-            self.shared.probe_finished(success);
-        }
     }
 }
 
@@ -650,9 +645,6 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if !self.finished {
             self.shared.counters.pending.fetch_sub(1, Relaxed);
-            if self.probe {
-                self.shared.probe_finished(false);
-            }
         }
     }
 }

@@ -4,7 +4,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU64;
 use std::panic::{catch_unwind, AssertUnwindSafe, Location};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicU8,
+    Ordering::{AcqRel, Acquire, Relaxed},
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +15,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::breaker::{Admission, BreakerState, CircuitBreaker, Transition};
+use crate::breaker::{Admission, BreakerState, CircuitBreaker, Probe, Transition};
 use crate::clock::{Clock, Stamp};
 use crate::config::PoolConfig;
 use crate::error::CheckoutError;
@@ -46,6 +49,8 @@ pub(crate) struct Shared {
     /// Transitions waiting to be announced, queued under the breaker's lock (so in the order
     /// they happened) and announced outside it by whoever holds `announcing`.
     transitions: Mutex<VecDeque<Transition>>,
+    /// Failure events recorded (see [`Shared::record_failure_since`]).
+    failure_events: AtomicU64,
     announcing: Mutex<()>,
     /// Set by a failed ping, cleared by the next connect attempt: a run of dead pooled
     /// connections (a database restart kills them all at once) counts as one failure; the
@@ -140,6 +145,7 @@ impl Shared {
             breaker_failures: AtomicU32::new(0),
             breaker_changed: Notify::new(),
             transitions: Mutex::new(VecDeque::new()),
+            failure_events: AtomicU64::new(0),
             announcing: Mutex::new(()),
             validation_failure_counted: AtomicBool::new(false),
             config,
@@ -206,23 +212,20 @@ impl Shared {
         BreakerState::from_u8(self.breaker_state.load(Relaxed))
     }
 
-    /// Asks the breaker whether a checkout may proceed. `Ok(true)` means it is a half-open
-    /// probe whose outcome must be reported.
+    /// Asks the breaker whether a checkout may proceed.
     #[inline]
-    pub(crate) fn admit(&self) -> Result<bool, CheckoutError> {
+    pub(crate) fn admit(&self) -> Result<(), CheckoutError> {
         let state = self.breaker_state.load(Relaxed);
         if state == BreakerState::Closed.to_u8() || state == BreakerState::Disabled.to_u8() {
-            return Ok(false);
+            return Ok(());
         }
         self.admit_slow()
     }
 
     #[cold]
-    fn admit_slow(&self) -> Result<bool, CheckoutError> {
-        let admission = self.locked(|b| b.admit(Instant::now().into_std()));
-        match admission {
-            Admission::Allowed => Ok(false),
-            Admission::Probe => Ok(true),
+    fn admit_slow(&self) -> Result<(), CheckoutError> {
+        match self.locked(|b| (b.admit(Instant::now().into_std()), None)) {
+            Admission::Allowed => Ok(()),
             Admission::Rejected { retry_after } => Err(self.reject(retry_after)),
         }
     }
@@ -243,27 +246,56 @@ impl Shared {
         }
     }
 
-    /// While open, waiting checkouts give up at once: nothing will come for them.
+    /// While open (or half-open, or forced open), waiting checkouts give up at once:
+    /// nothing will come for them.
     pub(crate) fn open_retry_after(&self) -> Option<Duration> {
         match self.breaker_state() {
-            BreakerState::Open | BreakerState::ForcedOpen => {
-                let breaker = self.breaker.lock();
-                Some(
-                    breaker
-                        .time_until_half_open(Instant::now().into_std())
-                        .unwrap_or(self.config.breaker.recovery_timeout),
-                )
-            }
+            BreakerState::Open | BreakerState::HalfOpen => Some(
+                self.breaker
+                    .lock()
+                    .next_probe_in(Instant::now().into_std())
+                    .unwrap_or_default(),
+            ),
+            BreakerState::ForcedOpen => Some(self.config.breaker.recovery_timeout),
             _ => None,
         }
     }
 
-    /// Whether a connect may be attempted (not while open).
+    /// Whether the pool may open connections for callers (only while closed or disabled;
+    /// while open, only the recovery probes connect).
     pub(crate) fn connect_allowed(&self) -> bool {
-        !matches!(
+        matches!(
             self.breaker_state(),
-            BreakerState::Open | BreakerState::ForcedOpen
+            BreakerState::Closed | BreakerState::Disabled
         )
+    }
+
+    /// Failure events recorded so far: read before a connect, passed to
+    /// [`Shared::record_failure_since`] when it fails.
+    pub(crate) fn failure_epoch(&self) -> u64 {
+        self.failure_events.load(Acquire)
+    }
+
+    /// A connect that started at `epoch` failed. It is a new failure event only if no other
+    /// was recorded since it started: attempts that fail together (a wave of parallel connects
+    /// at start-up or in a top-up) are one event, attempts one after another are one each.
+    /// `fatal` (a wrong password, a missing database) opens the breaker at once.
+    pub(crate) fn record_failure_since(&self, epoch: u64, fatal: bool) {
+        if self
+            .failure_events
+            .compare_exchange(epoch, epoch + 1, AcqRel, Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let now = Instant::now().into_std();
+        self.with_breaker(|b| {
+            if fatal {
+                b.on_fatal_failure(now)
+            } else {
+                b.on_failure(now)
+            }
+        });
     }
 
     pub(crate) fn record_success(&self) {
@@ -276,7 +308,10 @@ impl Shared {
         }
     }
 
+    /// A failure event with no start to compare (a classified operation error, a timed-out
+    /// operation, a failed validation).
     pub(crate) fn record_failure(&self) {
+        self.failure_events.fetch_add(1, AcqRel);
         self.with_breaker(|b| b.on_failure(Instant::now().into_std()));
     }
 
@@ -291,15 +326,20 @@ impl Shared {
         }
     }
 
-    pub(crate) fn probe_finished(&self, success: bool) {
-        self.with_breaker(|b| {
-            if success {
-                b.on_probe_success(Instant::now().into_std())
-            } else {
-                b.probe_abandoned();
-                None
-            }
-        });
+    /// The next recovery probe, if one is due; else how long until one may be (`None`:
+    /// the breaker is not waiting for probes).
+    pub(crate) fn next_probe(&self) -> Result<Probe, Option<Duration>> {
+        let now = Instant::now().into_std();
+        let mut breaker = self.breaker.lock();
+        match breaker.start_probe(now) {
+            Some(probe) => Ok(probe),
+            None => Err(breaker.next_probe_in(now)),
+        }
+    }
+
+    /// A recovery probe's outcome.
+    pub(crate) fn probe_done(&self, probe: Probe, reached: bool) {
+        self.with_breaker(|b| b.on_probe(probe, reached, Instant::now().into_std()));
     }
 
     /// Runs `f` on the breaker and announces the transition if there was one.
@@ -357,7 +397,7 @@ impl Shared {
             breaker.consecutive_failures(),
             breaker.transitions(),
             breaker.rejected(),
-            breaker.time_until_half_open(Instant::now().into_std()),
+            breaker.next_probe_in(Instant::now().into_std()),
         )
     }
 
@@ -372,8 +412,8 @@ impl Shared {
                 to = t.to.as_str(),
                 reason = t.reason.as_str(),
                 consecutive_failures = t.consecutive_failures,
-                recovery_timeout_s = self.config.breaker.recovery_timeout.as_secs_f64(),
-                "circuit breaker opened: checkouts fail fast until the database recovers"
+                max_probe_interval_s = self.config.breaker.recovery_timeout.as_secs_f64(),
+                "circuit breaker opened: checkouts fail fast while the pool probes the database"
             ),
             _ => tracing::warn!(
                 pool = %self.name,

@@ -138,9 +138,10 @@ pub struct BreakerStats {
     pub opened: u64,
     /// Calls turned away.
     pub rejected: u64,
-    /// Time until it admits probes, in seconds; `None` unless open.
+    /// Time until the next background recovery probe, in seconds (zero while one runs);
+    /// `None` unless open or half-open.
     #[cfg_attr(feature = "serde", serde(serialize_with = "opt_secs"))]
-    pub time_until_half_open: Option<Duration>,
+    pub next_probe_in: Option<Duration>,
 }
 
 /// What the background monitor is doing.

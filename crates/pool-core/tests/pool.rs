@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{LogCapture, MemManager, Recorded, Recorder};
 use pool_core::{
     BreakerConfig, BreakerState, CheckoutError, CloseReason, MonitorStatus, Pool, PoolBuilder,
-    PoolEvent, PoolObserver, RunError, UtilizationLevel,
+    PoolEvent, PoolObserver, RunError, UtilizationLevel, FIRST_PROBE_DELAY,
 };
 
 fn builder() -> PoolBuilder<MemManager> {
@@ -379,11 +379,20 @@ async fn a_checkout_timeout_says_how_long_it_waited_and_what_the_pool_looked_lik
 fn breaker(failures: u32) -> BreakerConfig {
     BreakerConfig {
         failure_threshold: failures,
-        recovery_timeout: Duration::from_secs(10),
+        recovery_timeout: Duration::from_secs(1),
         success_threshold: 2,
-        half_open_max_probes: 2,
         ..BreakerConfig::default()
     }
+}
+
+/// Waits (on paused time) until the breaker has announced a transition to `to`.
+async fn wait_for_state(recorder: &Recorder, to: BreakerState, limit: Duration) {
+    recorder
+        .wait_for(
+            limit,
+            |e| matches!(e, Recorded::Breaker { to: t, .. } if *t == to),
+        )
+        .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -403,19 +412,19 @@ async fn the_breaker_opens_after_the_threshold_and_waiting_checkouts_fail_fast()
     let start = tokio::time::Instant::now();
     let err = pool.get().await.unwrap_err();
     assert!(err.is_circuit_open(), "{err}");
-    // bb8 retried the connect with back-off (400 ms, then 800 ms) and the third failure
-    // opened the breaker, which woke this checkout long before the 30 s checkout timeout.
+    // bb8 retried the connect with back-off (400 ms, then 800 ms): three failures one after
+    // another are three events, and the third opened the breaker, which woke this checkout
+    // long before the 30 s checkout timeout.
     assert_eq!(start.elapsed(), Duration::from_millis(1200));
     let s = pool.stats();
     assert_eq!(s.connection_failures, 3);
     assert_eq!(s.breaker.state, BreakerState::Open);
+    assert_eq!(s.breaker.next_probe_in, Some(FIRST_PROBE_DELAY));
     assert_eq!(
         s.last_error.as_deref(),
         Some("MemError(\"connection refused\")")
     );
 
-    tokio::time::advance(Duration::from_millis(1500)).await;
-    let before = tokio::time::Instant::now();
     let err = pool.get().await.unwrap_err();
     let CheckoutError::CircuitOpen {
         retry_after,
@@ -426,42 +435,59 @@ async fn the_breaker_opens_after_the_threshold_and_waiting_checkouts_fail_fast()
     else {
         panic!("expected CircuitOpen")
     };
-    assert_eq!(before.elapsed(), Duration::ZERO, "no waiting while open");
-    let retry_after = *retry_after;
-    assert_eq!(retry_after, Duration::from_millis(8500));
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(1200),
+        "no waiting while open"
+    );
+    assert_eq!(*retry_after, FIRST_PROBE_DELAY, "until the first probe");
     // The cause travels with the rejection, with its age.
     assert_eq!(
         last_error.as_deref(),
         Some("MemError(\"connection refused\")")
     );
-    assert_eq!(*last_error_age, Some(Duration::from_millis(1500)));
+    assert_eq!(*last_error_age, Some(Duration::ZERO));
     assert_eq!(
         err.to_string(),
         "circuit breaker of pool `mem` is open after repeated database failures; retry after \
-         8.5s; last connection error (1.5s ago): MemError(\"connection refused\")"
+         0.1s; last connection error (0.0s ago): MemError(\"connection refused\")"
     );
     assert_eq!(pool.stats().checkouts_rejected, 2);
 
+    // Probes run in the background while the database stays down: 100 ms, then 200 ms,
+    // 400 ms, 800 ms, then every second (the recovery timeout).
+    tokio::time::sleep(Duration::from_millis(5_450)).await;
+    let s = pool.stats();
+    assert_eq!(s.breaker.state, BreakerState::Open);
+    assert_eq!(
+        s.connection_failures,
+        3 + 7,
+        "probes 0.1, 0.3, 0.7, 1.5, 2.5, 3.5 and 4.5 s after it opened"
+    );
+
     state.fail_connect.store(false, SeqCst);
-    tokio::time::sleep(retry_after).await;
-    drop(pool.get().await.unwrap());
-    assert_eq!(pool.breaker_state(), BreakerState::HalfOpen);
-    drop(pool.get().await.unwrap());
-    assert_eq!(pool.breaker_state(), BreakerState::Closed);
+    let back = tokio::time::Instant::now();
+    wait_for_state(&recorder, BreakerState::Closed, Duration::from_secs(2)).await;
+    assert!(
+        back.elapsed() <= Duration::from_secs(1),
+        "{:?}",
+        back.elapsed()
+    );
     use BreakerState::*;
     assert_eq!(
         recorder.transitions(),
         [(Closed, Open), (Open, HalfOpen), (HalfOpen, Closed)]
     );
-    assert_eq!(
-        pool.stats().connection_failures,
-        3,
-        "no connects were tried while open"
-    );
+    // No checkout was a probe (both were turned away), and the probes' connections joined
+    // the pool: it serves at once.
+    let s = pool.stats();
+    assert!(s.idle >= 1 && s.size == s.idle, "{s:?}");
+    assert_eq!(s.checkouts_rejected, 2);
+    drop(pool.get().await.unwrap());
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_failure_while_half_open_reopens_the_breaker() {
+async fn a_failed_probe_while_half_open_reopens_the_breaker_and_probing_goes_on() {
     let (manager, state) = MemManager::new();
     let recorder = Recorder::new();
     let pool = builder()
@@ -472,12 +498,169 @@ async fn a_failure_while_half_open_reopens_the_breaker() {
         .unwrap();
     state.fail_connect.store(true, SeqCst);
     assert!(pool.get().await.unwrap_err().is_circuit_open());
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // One probe gets through, the next does not.
+    state.fail_after.store(1, SeqCst);
+    state.fail_connect.store(false, SeqCst);
+    wait_for_state(&recorder, BreakerState::HalfOpen, Duration::from_secs(1)).await;
+    recorder
+        .wait_for(Duration::from_secs(1), |e| {
+            matches!(
+                e,
+                Recorded::Breaker {
+                    from: BreakerState::HalfOpen,
+                    to: BreakerState::Open,
+                    ..
+                }
+            )
+        })
+        .await;
     assert!(pool.get().await.unwrap_err().is_circuit_open());
+    state.fail_after.store(0, SeqCst);
+    wait_for_state(&recorder, BreakerState::Closed, Duration::from_secs(2)).await;
     use BreakerState::*;
     assert_eq!(
         recorder.transitions(),
-        [(Closed, Open), (Open, HalfOpen), (HalfOpen, Open)]
+        [
+            (Closed, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Closed)
+        ]
+    );
+    drop(pool.get().await.unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_outages_of_a_second_a_minute_and_an_hour_the_breaker_closes_within_a_second() {
+    for outage in [1, 60, 3600].map(Duration::from_secs) {
+        let (manager, state) = MemManager::new();
+        let recorder = Recorder::new();
+        let pool = builder()
+            .base_size(0)
+            .health_interval(Duration::from_secs(3600 * 24))
+            .breaker(BreakerConfig {
+                success_threshold: 3,
+                ..breaker(1)
+            })
+            .observer(recorder.clone())
+            .build(manager)
+            .unwrap();
+        state.fail_connect.store(true, SeqCst);
+        assert!(pool.get().await.unwrap_err().is_circuit_open());
+        tokio::time::sleep(outage).await;
+        let probes = pool.stats().connection_failures - 1;
+        state.fail_connect.store(false, SeqCst);
+        let back = tokio::time::Instant::now();
+        wait_for_state(&recorder, BreakerState::Closed, Duration::from_secs(2)).await;
+        let late = back.elapsed();
+        assert!(
+            late <= Duration::from_secs(1),
+            "{outage:?}: closed {late:?} after"
+        );
+        // One probe a second once the backoff has grown (four in the first 1.5 s).
+        assert!(
+            probes <= outage.as_secs() + 4,
+            "{outage:?}: {probes} probes against the database while it was down"
+        );
+        println!("outage {outage:?}: {probes} probes while down, closed {late:?} after it ended");
+        assert_eq!(
+            pool.stats().connections_created,
+            3,
+            "the three probes' connections"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn connects_that_fail_together_are_one_failure_event() {
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(10)
+        .max_overflow(0)
+        .breaker(breaker(5))
+        .build(manager)
+        .unwrap();
+    state.connect_ms.store(5, SeqCst);
+    state.fail_connect.store(true, SeqCst);
+    // Ten connects in parallel, failing together: one event, not ten.
+    assert!(pool.warm_up().await.is_err());
+    let s = pool.stats();
+    assert_eq!(s.connection_failures, 10);
+    assert_eq!(s.breaker.state, BreakerState::Closed);
+    assert_eq!(s.breaker.consecutive_failures, 1);
+    // Attempts one after another still count one each, so a dead database opens it.
+    for _ in 0..4 {
+        let _ = pool.warm_up().await;
+    }
+    assert_eq!(pool.stats().breaker.state, BreakerState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wrong_password_fails_the_first_checkout_at_once_naming_the_cause() {
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(2)
+        .checkout_timeout(Duration::from_secs(30))
+        .connect_failures(common::mem_connect_failure)
+        .build(manager)
+        .unwrap();
+    state.wrong_password.store(true, SeqCst);
+    let start = tokio::time::Instant::now();
+    let err = pool.get().await.unwrap_err();
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "no retries, no waiting for a timeout"
+    );
+    assert!(err.is_circuit_open(), "{err}");
+    assert!(
+        err.to_string().contains("password authentication failed"),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_at_capacity_is_not_an_outage_the_working_connection_serves_every_request() {
+    let (manager, state) = MemManager::new();
+    let recorder = Recorder::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(3)
+        .checkout_timeout(Duration::from_secs(5))
+        .connect_failures(common::mem_connect_failure)
+        .breaker(breaker(2))
+        .observer(recorder.clone())
+        .build(manager)
+        .unwrap();
+    pool.warm_up().await.unwrap();
+    state.at_capacity.store(true, SeqCst);
+    // Eight requests at once, each holding the one connection for 100 ms: the pool tries to
+    // grow, the server refuses for capacity, and the requests take turns on the one
+    // connection instead of being turned away.
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let conn = pool.get().await?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                drop(conn);
+                Ok::<_, CheckoutError>(())
+            })
+        })
+        .collect();
+    for r in requests {
+        r.await.unwrap().unwrap();
+    }
+    let s = pool.stats();
+    assert!(s.connection_failures > 0, "the pool did try to grow");
+    assert_eq!(s.breaker.state, BreakerState::Closed);
+    assert_eq!(s.breaker.consecutive_failures, 0);
+    assert_eq!(s.checkouts_rejected, 0);
+    assert!(recorder.transitions().is_empty());
+    assert_eq!(
+        s.last_error.as_deref(),
+        Some("MemError(\"too many connections\")")
     );
 }
 
@@ -829,7 +1012,6 @@ fn the_published_breaker_state_is_the_real_one_after_racing_transitions() {
                     failure_threshold: 2,
                     recovery_timeout: Duration::from_millis(1),
                     success_threshold: 1,
-                    half_open_max_probes: 1,
                     ..BreakerConfig::default()
                 })
                 .observer(recorder.clone())

@@ -180,7 +180,6 @@ async fn a_stopped_server_opens_the_breaker_after_the_threshold_and_a_restart_cl
             failure_threshold: 3,
             recovery_timeout: Duration::from_secs(1),
             success_threshold: 2,
-            half_open_max_probes: 2,
             ..BreakerConfig::default()
         },
         ..c

@@ -38,6 +38,7 @@ use wire::Session;
 
 use crate::builder::PoolBuilder;
 use crate::config::PoolConfig;
+use crate::connection::ConnectFailure;
 use crate::error::BuildError;
 use crate::pool::Pool;
 use crate::url::BackendKind;
@@ -45,10 +46,11 @@ use crate::url::BackendKind;
 /// A PostgreSQL pool without TLS (the common case behind a private network or a sidecar).
 pub type PostgresPool<Tls = NoTls> = Pool<PostgresManager<Tls>>;
 
-/// Whether a PostgreSQL error means the connection or the server is unusable (and so counts
-/// toward the circuit breaker): closed connections, I/O errors, SQLSTATE class 08
-/// (connection exception), 57P01–57P03 (shutdown, crash, cannot connect now) and 53300 (too
-/// many connections). Query errors such as a unique violation do not count.
+/// Whether a PostgreSQL operation error means the connection or the server is unusable (and
+/// so counts toward the circuit breaker): closed connections, I/O errors, SQLSTATE class 08
+/// (connection exception) and 57P01–57P03 (shutdown, crash, cannot connect now). Query
+/// errors such as a unique violation do not count. (Connect errors are judged by
+/// [`connect_failure`]: 53300, too many connections, is capacity, not an outage.)
 pub fn is_connection_error(error: &tokio_postgres::Error) -> bool {
     if error.is_closed() {
         return true;
@@ -57,8 +59,7 @@ pub fn is_connection_error(error: &tokio_postgres::Error) -> bool {
         return code.code().starts_with("08")
             || *code == SqlState::ADMIN_SHUTDOWN
             || *code == SqlState::CRASH_SHUTDOWN
-            || *code == SqlState::CANNOT_CONNECT_NOW
-            || *code == SqlState::TOO_MANY_CONNECTIONS;
+            || *code == SqlState::CANNOT_CONNECT_NOW;
     }
     // No SQLSTATE: the driver's error kinds are private, so tell transport failures from
     // client-side ones (a bad column, a conversion) by the kind's fixed message.
@@ -74,6 +75,19 @@ pub fn is_connection_error(error: &tokio_postgres::Error) -> bool {
     ]
     .iter()
     .any(|kind| text.starts_with(kind))
+}
+
+/// What a failed connect says about the database: authentication failures (SQLSTATE class
+/// 28) and a database that does not exist (3D000) are fatal, `too many connections` (53300)
+/// is capacity, everything else transient.
+pub fn connect_failure(error: &tokio_postgres::Error) -> ConnectFailure {
+    match error.code() {
+        Some(code) if code.code().starts_with("28") || *code == SqlState::INVALID_CATALOG_NAME => {
+            ConnectFailure::Fatal
+        }
+        Some(code) if *code == SqlState::TOO_MANY_CONNECTIONS => ConnectFailure::Capacity,
+        _ => ConnectFailure::Transient,
+    }
 }
 
 fn describe(error: &tokio_postgres::Error) -> String {
@@ -190,6 +204,7 @@ where
             })
             .reset_with(needs_reset, reset)
             .classify_errors(is_connection_error)
+            .connect_failures(connect_failure)
             .describe_errors(describe)
             .build(manager)
     }

@@ -209,6 +209,14 @@ pub struct MemState {
     pub connects: AtomicU64,
     pub pings: AtomicU64,
     pub fail_connect: AtomicBool,
+    /// Connects fail with `too many connections` (the server at capacity).
+    pub at_capacity: AtomicBool,
+    /// Connects fail with `password authentication failed`.
+    pub wrong_password: AtomicBool,
+    /// When non-zero, connects numbered above it fail (`connection refused`).
+    pub fail_after: AtomicU64,
+    /// How long a connect takes, in milliseconds (so that parallel attempts overlap).
+    pub connect_ms: AtomicU64,
     pub fail_ping: AtomicBool,
     /// Connections numbered up to this one fail their pings (a server restart killed them).
     pub broken_upto: AtomicU64,
@@ -230,6 +238,16 @@ impl std::error::Error for MemError {}
 #[derive(Debug, Clone, Default)]
 pub struct MemManager(pub Arc<MemState>);
 
+/// How the pool should read a [`MemError`] from a connect: as PostgreSQL's backend reads
+/// SQLSTATE 28P01 and 53300.
+pub fn mem_connect_failure(e: &MemError) -> pool_core::ConnectFailure {
+    match e.0 {
+        "password authentication failed" => pool_core::ConnectFailure::Fatal,
+        "too many connections" => pool_core::ConnectFailure::Capacity,
+        _ => pool_core::ConnectFailure::Transient,
+    }
+}
+
 impl MemManager {
     pub fn new() -> (MemManager, Arc<MemState>) {
         let state = Arc::new(MemState::default());
@@ -242,7 +260,21 @@ impl pool_core::ManageConnection for MemManager {
     type Error = MemError;
 
     async fn connect(&self) -> Result<MemConn, MemError> {
+        let ms = self.0.connect_ms.load(SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
         if self.0.fail_connect.load(SeqCst) {
+            return Err(MemError("connection refused"));
+        }
+        if self.0.at_capacity.load(SeqCst) {
+            return Err(MemError("too many connections"));
+        }
+        if self.0.wrong_password.load(SeqCst) {
+            return Err(MemError("password authentication failed"));
+        }
+        let limit = self.0.fail_after.load(SeqCst);
+        if limit > 0 && self.0.connects.load(SeqCst) >= limit {
             return Err(MemError("connection refused"));
         }
         let id = self.0.connects.fetch_add(1, SeqCst) + 1;
