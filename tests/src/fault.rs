@@ -60,11 +60,16 @@ pub fn pool(url: &str, application_name: &str) -> PostgresPool {
         .unwrap()
 }
 
+/// An acknowledged write in a transaction of its own: a connection handed on with another
+/// borrower's transaction still open would make this `BEGIN` a no-op and the `COMMIT` commit
+/// that borrower's rows too.
 async fn write(db: Db<Pg>, Path(id): Path<i64>) -> Result<&'static str, DbError> {
     let conn = db.conn().await?;
-    conn.execute("insert into fault_acks (id) values ($1)", &[&id])
-        .await
-        .map_err(|_| DbError::Query)?;
+    conn.batch_execute(&format!(
+        "begin; insert into fault_acks (id) values ({id}); commit"
+    ))
+    .await
+    .map_err(|_| DbError::Query)?;
     Ok("ok")
 }
 

@@ -241,7 +241,7 @@ async fn telemetry_pipeline() {
         .env("DB_POOL_TIMEOUT", "500ms")
         .env("DB_POOL_CONNECT_TIMEOUT", "2")
         .env("DB_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "2")
-        .env("DB_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "6")
+        .env("DB_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "1")
         .env("DB_CIRCUIT_BREAKER_SUCCESS_THRESHOLD", "1")
         // Overflow connections close after 1 s idle, so the pool is soon at rest at its base.
         .env("DB_POOL_IDLE_TIMEOUT", "1")
@@ -334,13 +334,29 @@ async fn telemetry_pipeline() {
         assert_eq!(s.await.unwrap(), 200);
     }
 
-    // The breaker: stop PostgreSQL until requests are turned away, start it, wait for 200.
-    // Its recovery timeout (6 s) outlasts a scrape interval (5 s), so Prometheus sees it open.
+    let sel = r#"job="pool-e2e", db_client_connection_pool_name="e2e""#;
+    // The breaker: stop PostgreSQL until requests are turned away and Prometheus has seen
+    // the breaker open, start it, wait for 200 (the pool's background probes close it).
     pg("crash", pg_port);
     eventually(Duration::from_secs(30), "the breaker to open", || async {
         let (status, body) = http(&addr, "GET", "/notes", &[], "").await;
         (status == 503 && body.contains("the database is unavailable")).then_some(())
     })
+    .await;
+    let open_now = format!(
+        r#"db_client_connection_pool_breaker_state{{{sel}, db_client_connection_pool_breaker_state="open"}}"#
+    );
+    eventually(
+        Duration::from_secs(30),
+        "Prometheus to see the breaker open",
+        || {
+            let expr = open_now.clone();
+            async move {
+                let result = query(&expr).await;
+                (result.len() == 1 && result[0]["value"][1] == "1").then_some(())
+            }
+        },
+    )
     .await;
     pg("restart", pg_port);
     eventually(Duration::from_secs(30), "the breaker to close", || async {
@@ -366,7 +382,6 @@ async fn telemetry_pipeline() {
     assert_eq!(stats["breaker"]["state"], "closed");
     let opened = stats["breaker"]["opened"].as_u64().unwrap();
     assert!(opened >= 1);
-    let sel = r#"job="pool-e2e", db_client_connection_pool_name="e2e""#;
 
     // Wait until Prometheus has the final counts, then compare exactly.
     let checkouts =

@@ -286,20 +286,28 @@ impl<M: ManageConnection> PoolBuilder<M> {
     }
 
     /// How to bring a returned connection back to a clean session before anyone else gets
-    /// it. `dirty` is asked, without I/O, on every return; when it says yes, the connection
-    /// stays out of the pool while `reset` runs (bounded by the validation timeout), and goes
-    /// back when `reset` returns `Ok(true)` (it rolled something back, counted in
-    /// [`PoolStats::sessions_reset`](crate::PoolStats::sessions_reset)) or `Ok(false)`
-    /// (nothing to undo after all); an error or the timeout closes it (counted `invalid`).
+    /// it. `on_return` is asked, without I/O, on every return, and `on_checkout` on every
+    /// checkout (for what could not be seen yet at the return); when either says yes, the
+    /// connection stays out of use while `reset` runs (bounded by the validation timeout). It
+    /// goes back, or to the borrower, when `reset` returns `Ok(true)` (it undid something,
+    /// counted in [`PoolStats::sessions_reset`](crate::PoolStats::sessions_reset)) or
+    /// `Ok(false)` (nothing to undo after all); an error or the timeout closes it (counted
+    /// `invalid`, and the database is asked to stop what it runs, see
+    /// [`PoolBuilder::cancel_with`]).
     ///
     /// The PostgreSQL backend rolls back a transaction left open or failed, and waits out
     /// requests still queued. Defaults to none.
     pub fn reset_with(
         mut self,
-        dirty: fn(&M::Connection) -> bool,
+        on_return: fn(&M::Connection) -> bool,
+        on_checkout: fn(&M::Connection) -> bool,
         reset: crate::connection::ResetFn<M::Connection>,
     ) -> Self {
-        self.reset = Some(Arc::new(crate::connection::ResetHooks { dirty, reset }));
+        self.reset = Some(Arc::new(crate::connection::ResetHooks {
+            on_return,
+            on_checkout,
+            reset,
+        }));
         self
     }
 

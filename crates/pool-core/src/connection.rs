@@ -36,8 +36,15 @@ pub type ResetFn<C> =
 
 /// The two halves of a reset hook, stored type-erased in `Shared`.
 pub(crate) struct ResetHooks<C> {
-    pub(crate) dirty: fn(&C) -> bool,
+    pub(crate) on_return: fn(&C) -> bool,
+    pub(crate) on_checkout: fn(&C) -> bool,
     pub(crate) reset: ResetFn<C>,
+}
+
+impl<C: 'static> ResetHooks<C> {
+    pub(crate) fn of(shared: &Shared) -> Option<&ResetHooks<C>> {
+        shared.reset.as_deref()?.downcast_ref::<ResetHooks<C>>()
+    }
 }
 
 /// What a failed connect says about the database, for the circuit breaker (see
@@ -280,6 +287,9 @@ pub(crate) enum Verdict {
     Retired,
     /// Not used within the bypass window: ping it first.
     Ping,
+    /// Its session may not be clean (see [`PoolBuilder::reset_with`](crate::PoolBuilder::reset_with)):
+    /// reset it first.
+    Reset,
 }
 
 impl<M: ManageConnection> Managed<M> {
@@ -297,11 +307,21 @@ impl<M: ManageConnection> Managed<M> {
         false
     }
 
-    /// Lifetime, forced recycling, driver-reported breakage and the bypass window; no I/O.
+    /// Lifetime, forced recycling, driver-reported breakage, a session that may need a reset,
+    /// and the bypass window; no I/O.
     pub(crate) fn verdict(&self, conn: &mut Tracked<M::Connection>, now: Stamp) -> Verdict {
         if self.retire(conn, now) {
             return Verdict::Retired;
         }
+        if let Some(hooks) = ResetHooks::<M::Connection>::of(&self.shared) {
+            if (hooks.on_checkout)(&conn.conn) {
+                return Verdict::Reset;
+            }
+        }
+        self.ping_verdict(conn, now)
+    }
+
+    fn ping_verdict(&self, conn: &Tracked<M::Connection>, now: Stamp) -> Verdict {
         let config = &conn.meta.shared.config;
         if !config.pre_ping || now.saturating_since(conn.meta.last_used) < config.validation_bypass
         {
@@ -318,7 +338,30 @@ impl<M: ManageConnection> Managed<M> {
             Verdict::Valid => true,
             Verdict::Retired => false,
             Verdict::Ping => self.ping(conn).await,
+            // A reset that found nothing to do did no I/O: the connection is still due its
+            // pre-ping.
+            Verdict::Reset => {
+                self.reset(conn).await
+                    && match self.ping_verdict(conn, now) {
+                        Verdict::Ping => self.ping(conn).await,
+                        _ => true,
+                    }
+            }
         }
+    }
+
+    /// Resets `conn`'s session at checkout within the validation timeout (see
+    /// [`PoolBuilder::reset_with`](crate::PoolBuilder::reset_with)). Marked for closing until
+    /// it succeeds, like a ping, so a checkout dropped mid-reset closes it.
+    async fn reset(&self, conn: &mut Tracked<M::Connection>) -> bool {
+        let Some(hooks) = ResetHooks::<M::Connection>::of(&self.shared) else {
+            return true;
+        };
+        let reset = hooks.reset;
+        conn.meta.close = Some(CloseReason::Invalid);
+        let limit = self.shared.config.validation_timeout;
+        let outcome = tokio::time::timeout(limit, reset(&mut conn.conn)).await;
+        finish_reset(&self.shared, conn, outcome)
     }
 
     /// Pings `conn` within the validation timeout.
@@ -498,16 +541,31 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
         let checked_out_at = self.checked_out_at;
         let leak_id = self.leak_id;
         let guard = self.guard_mut();
+        let now = guard.meta.shared.clock.now();
+        guard.meta.last_used = now;
+        // A session that needs a reset stays out of the pool (and in use) until it is
+        // clean; one the pool closes anyway (its lifetime is over, a forced recycle) is not
+        // worth the round trip.
+        let reset = match ResetHooks::<M::Connection>::of(&guard.meta.shared) {
+            Some(hooks)
+                if guard.meta.close.is_none()
+                    && guard.meta.retire_reason(now).is_none()
+                    && (hooks.on_return)(&guard.conn) =>
+            {
+                Some(hooks.reset)
+            }
+            _ => None,
+        };
         let meta = &mut *guard.meta;
         let shared = &*meta.shared;
         let counters = &shared.counters;
-        let now = shared.clock.now();
-        meta.last_used = now;
         let held = now.saturating_since(checked_out_at);
         // Overflow connections stay open when they come back (the reaper closes them once
         // idle for the idle timeout): closing them here, as SQLAlchemy's QueuePool does,
         // opens and closes a connection per request under steady load above the base.
-        counters.count_return();
+        if reset.is_none() {
+            counters.count_return();
+        }
         if let (Some(id), Some(leaks)) = (leak_id, &shared.leaks) {
             let entry = leaks.entries.lock().remove(&id);
             if let Some(entry) = entry.filter(|e| e.reported) {
@@ -530,72 +588,73 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
         if shared.has_observers() {
             shared.emit(&PoolEvent::Returned { held });
         }
-        let guard = self.guard();
-        let hooks = guard
-            .meta
-            .shared
-            .reset
-            .as_deref()
-            .and_then(|hooks| hooks.downcast_ref::<ResetHooks<M::Connection>>());
-        if let Some(hooks) = hooks {
-            if guard.meta.close.is_none() && (hooks.dirty)(&guard.conn) {
-                let reset = hooks.reset;
-                self.start_reset(reset);
-            }
+        if let Some(reset) = reset {
+            self.start_reset(reset);
         }
     }
 }
 
 impl<M: ManageConnection> PooledConnection<M> {
-    /// Keeps a connection whose session is not clean out of the pool until it is: a task
-    /// resets it within the validation timeout and then lets bb8 take it back (closed if the
-    /// reset failed). Outside a runtime there is no task to run it, so it is closed.
+    /// Keeps a connection whose session is not clean out of the pool until it is: a task on
+    /// the pool's runtime resets it within the validation timeout, counts the return, and
+    /// then lets bb8 take it back (closed if the reset failed). It is marked for closing
+    /// before the task exists, so a task that never runs (the runtime shutting down) closes
+    /// it rather than putting it back.
     fn start_reset(&mut self, reset: ResetFn<M::Connection>) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.guard_mut().meta.close = Some(CloseReason::Invalid);
-            return;
-        };
         let Some(mut conn) = self.conn.take() else {
             return;
         };
+        conn.meta.close = Some(CloseReason::Invalid);
+        let shared = conn.meta.shared.clone();
+        let runtime = shared.runtime.clone();
         runtime.spawn(async move {
-            let shared = conn.meta.shared.clone();
             let limit = shared.config.validation_timeout;
-            // Marked for closing until the reset has succeeded: a reset cut short (the
-            // runtime shutting down) must not put the connection back.
-            conn.meta.close = Some(CloseReason::Invalid);
             let outcome = tokio::time::timeout(limit, reset(&mut conn.conn)).await;
-            if !matches!(outcome, Ok(Ok(_))) {
-                // Whatever still runs on it (a query its borrower abandoned) would run to its
-                // end on the server after the close.
-                if let Some(cancel) = &shared.cancel {
-                    cancel(&conn.conn as &dyn std::any::Any);
-                }
+            finish_reset(&shared, &mut conn, outcome);
+            shared.counters.count_return();
+            drop(conn);
+        });
+    }
+}
+
+/// What a reset's outcome means for the connection: reusable (its close mark lifted), or
+/// closed with a cancel request for whatever it still runs.
+pub(crate) fn finish_reset<C: 'static>(
+    shared: &Shared,
+    conn: &mut Tracked<C>,
+    outcome: Result<Result<bool, String>, tokio::time::error::Elapsed>,
+) -> bool {
+    match outcome {
+        Ok(Ok(undone)) => {
+            conn.meta.close = None;
+            if undone {
+                shared.counters.sessions_reset.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    pool = %shared.name,
+                    "connection returned inside a transaction; rolled back before reuse"
+                );
             }
-            match outcome {
-                Ok(Ok(undone)) => {
-                    conn.meta.close = None;
-                    if undone {
-                        shared.counters.sessions_reset.fetch_add(1, Relaxed);
-                        tracing::warn!(
-                            pool = %shared.name,
-                            "connection returned inside a transaction; rolled back before reuse"
-                        );
-                    }
-                }
+            true
+        }
+        failed => {
+            conn.meta.close = Some(CloseReason::Invalid);
+            // Whatever still runs on it (a query its borrower abandoned) would run to its
+            // end on the server after the close.
+            if let Some(cancel) = &shared.cancel {
+                cancel(&conn.conn as &dyn std::any::Any);
+            }
+            match failed {
                 Ok(Err(text)) => {
                     let text = shared.scrub(&text);
                     tracing::debug!(pool = %shared.name, error = %text, "session reset failed; connection closed");
                 }
-                Err(_) => {
-                    tracing::debug!(
-                        pool = %shared.name,
-                        timeout_ms = limit.as_millis() as u64,
-                        "session reset timed out; connection closed"
-                    );
-                }
+                _ => tracing::debug!(
+                    pool = %shared.name,
+                    timeout_ms = shared.config.validation_timeout.as_millis() as u64,
+                    "session reset timed out; connection closed"
+                ),
             }
-            drop(conn);
-        });
+            false
+        }
     }
 }

@@ -284,7 +284,7 @@ impl<M: ManageConnection> Pool<M> {
                     Verdict::Valid => {
                         return Ok(self.hand_out(conn, start, Duration::ZERO, true, location))
                     }
-                    Verdict::Ping => {
+                    Verdict::Ping | Verdict::Reset => {
                         return Box::pin(self.checkout_slow(start, location, Some(conn))).await
                     }
                     Verdict::Retired => drop(conn),

@@ -71,6 +71,9 @@ pub(crate) struct Shared {
     pub(crate) cancel: Option<CancelHook>,
     /// Cleans a returned connection's session (PostgreSQL: rolls back an open transaction).
     pub(crate) reset: Option<ResetHook>,
+    /// The runtime the pool was built on, for the tasks it spawns from synchronous code
+    /// (a reset on return), which must not depend on the borrower's runtime.
+    pub(crate) runtime: tokio::runtime::Handle,
     /// The smallest in-use count at or above the warn threshold (an integer compare on the
     /// checkout path instead of a division).
     warn_in_use: u64,
@@ -140,6 +143,7 @@ impl Shared {
             url: config.database_url.clone(),
             cancel,
             reset,
+            runtime: tokio::runtime::Handle::current(),
             breaker_state: AtomicU8::new(breaker.state().to_u8()),
             breaker: Mutex::new(breaker),
             breaker_failures: AtomicU32::new(0),

@@ -10,8 +10,9 @@ use std::ops::{Deref, DerefMut};
 #[cfg(unix)]
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
@@ -19,11 +20,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
-use tokio_postgres::config::{Host, LoadBalanceHosts, SslMode, TargetSessionAttrs};
+use tokio_postgres::config::{Host, LoadBalanceHosts, SslMode, SslNegotiation, TargetSessionAttrs};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
 
-use super::wire::{Session, TrackTls, Wire, WireState};
+use super::wire::{SessionState, TrackTls, Wire, WireState};
 
 /// A [`bb8::ManageConnection`] for PostgreSQL: tokio-postgres connections, opened the way
 /// `tokio_postgres::Config::connect` opens them (every host and address in order, or
@@ -64,6 +65,7 @@ impl<Tls> fmt::Debug for PostgresManager<Tls> {
 pub struct PostgresConnection {
     client: Client,
     wire: Arc<WireState>,
+    task: Arc<TaskState>,
     peer: Arc<Peer>,
 }
 
@@ -73,32 +75,104 @@ impl PostgresConnection {
         &self.client
     }
 
-    pub(crate) fn session(&self) -> Session {
+    /// The session's state as the protocol stream shows it (no I/O): whether a transaction
+    /// is open and whether a request is unanswered. Requests the driver has queued but not
+    /// yet written are not counted yet.
+    pub fn session_state(&self) -> SessionState {
         self.wire.session()
     }
 
-    /// Brings the session back to idle: waits (with an empty query) for requests still
-    /// queued on it, then rolls back a transaction left open or failed. `Ok(true)` when it
-    /// rolled one back, `Ok(false)` when the session was idle once the queue drained (the
-    /// driver's own rollback of a dropped `Transaction` is such a request); an error, or a
-    /// session still not idle, means the connection must not be reused.
+    /// Whether the task driving the connection has been woken since it last ran: a request
+    /// may be queued that the stream has not seen yet.
+    pub(crate) fn unsettled(&self) -> bool {
+        self.task.pending()
+    }
+
+    /// Brings the session back to idle. First waits (briefly) for the driver's task to write
+    /// what is queued; if the stream then shows the session idle, that is all (no I/O).
+    /// Otherwise an empty query waits out every request sent before it, and a transaction
+    /// left open or failed is rolled back. `Ok(true)` when it rolled one back, `Ok(false)`
+    /// when there was nothing to undo (the driver's own rollback of a dropped `Transaction`
+    /// is such a request); an error, or a session still not idle, means the connection must
+    /// not be reused.
     pub(crate) async fn reset(&mut self) -> Result<bool, tokio_postgres::Error> {
+        if self.task.pending() {
+            let task = &self.task;
+            let settled = async {
+                loop {
+                    let notified = task.settled.notified();
+                    task.watched.store(true, Ordering::Release);
+                    if !task.pending() {
+                        break;
+                    }
+                    notified.await;
+                }
+            };
+            let _ = tokio::time::timeout(SETTLE_WAIT, settled).await;
+            task.watched.store(false, Ordering::Release);
+        }
+        if !self.task.pending() && self.wire.session() == SessionState::Idle {
+            return Ok(false);
+        }
         // Queued behind every request sent before it: once answered, the status is current.
         self.client.simple_query("").await?;
+        self.wire.resync();
         match self.wire.session() {
-            Session::Idle => return Ok(false),
-            Session::InTransaction => {}
-            Session::Busy => return Err(driver_error(not_idle()).await),
+            SessionState::Idle => return Ok(false),
+            SessionState::InTransaction => {}
+            SessionState::Busy => return Err(driver_error(not_idle()).await),
         }
         self.client.batch_execute("ROLLBACK").await?;
         match self.wire.session() {
-            Session::Idle => Ok(true),
+            SessionState::Idle => Ok(true),
             _ => Err(driver_error(not_idle()).await),
+        }
+    }
+
+    /// A token that cancels what this connection runs, from anywhere. It shadows the
+    /// driver's `Client::cancel_token`, whose token cannot reach a server the pool
+    /// connected to itself.
+    pub fn cancel_token(&self) -> CancelToken {
+        CancelToken {
+            token: self.client.cancel_token(),
+            peer: self.peer.clone(),
         }
     }
 
     /// Asks the server to cancel what this connection is running, on a connection of its
     /// own to the same address, with `tls`; the future is `'static` so it can be spawned.
+    pub fn cancel_query<Tls>(
+        &self,
+        tls: Tls,
+    ) -> impl Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static
+    where
+        Tls: MakeTlsConnect<PgSocket> + Send + 'static,
+        Tls::Stream: Send,
+        Tls::TlsConnect: Send,
+        <Tls::TlsConnect as TlsConnect<PgSocket>>::Future: Send,
+    {
+        self.cancel_token().cancel_query(tls)
+    }
+}
+
+/// Cancels what a [`PostgresConnection`] runs, over a connection of its own to the same
+/// server address (see [`PostgresConnection::cancel_token`]).
+#[derive(Clone)]
+pub struct CancelToken {
+    token: tokio_postgres::CancelToken,
+    peer: Arc<Peer>,
+}
+
+impl fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelToken")
+            .field("peer", &self.peer.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CancelToken {
+    /// Sends the cancel request, with `tls` when the session used TLS.
     pub fn cancel_query<Tls>(
         &self,
         mut tls: Tls,
@@ -109,7 +183,7 @@ impl PostgresConnection {
         Tls::TlsConnect: Send,
         <Tls::TlsConnect as TlsConnect<PgSocket>>::Future: Send,
     {
-        let token = self.client.cancel_token();
+        let token = self.token.clone();
         let peer = self.peer.clone();
         async move {
             let socket = match open_socket(&peer.addr, &peer.socket).await {
@@ -125,6 +199,78 @@ impl PostgresConnection {
             };
             token.cancel_query_raw(socket, tls).await
         }
+    }
+}
+
+/// How long a reset waits for the driver's task to finish what it is doing (it is often
+/// still finishing the run that delivered the last answer when the connection is checked
+/// out again) before it asks the server instead.
+const SETTLE_WAIT: Duration = Duration::from_millis(20);
+
+/// Whether the task driving a connection has been woken since it last ran. The driver wakes
+/// it when a request is queued (and when the socket is ready); a request queued by a future
+/// that was then dropped is written only when the task next runs, so until then the stream
+/// cannot show it.
+#[derive(Debug, Default)]
+struct TaskState {
+    wakes: AtomicU64,
+    /// `wakes` as it was when the task last started running, stored when that run ended.
+    seen: AtomicU64,
+    waker: parking_lot::Mutex<Option<Waker>>,
+    /// A reset waits for the task to catch up: told after each run while `watched`.
+    settled: tokio::sync::Notify,
+    watched: AtomicBool,
+}
+
+impl TaskState {
+    fn pending(&self) -> bool {
+        self.wakes.load(Ordering::Acquire) != self.seen.load(Ordering::Acquire)
+    }
+}
+
+impl Wake for TaskState {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wakes.fetch_add(1, Ordering::AcqRel);
+        if let Some(waker) = &*self.waker.lock() {
+            waker.wake_by_ref();
+        }
+    }
+}
+
+/// The driver's connection future, run with a waker that counts its wakes (see
+/// [`TaskState`]).
+struct Driven<F> {
+    connection: Pin<Box<F>>,
+    task: Arc<TaskState>,
+    waker: Waker,
+}
+
+impl<F: Future> Future for Driven<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        {
+            let mut waker = this.task.waker.lock();
+            match &*waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *waker = Some(cx.waker().clone()),
+            }
+        }
+        let seen = this.task.wakes.load(Ordering::Acquire);
+        let poll = this
+            .connection
+            .as_mut()
+            .poll(&mut Context::from_waker(&this.waker));
+        this.task.seen.store(seen, Ordering::Release);
+        if this.task.watched.load(Ordering::Acquire) {
+            this.task.settled.notify_waiters();
+        }
+        poll
     }
 }
 
@@ -296,8 +442,7 @@ async fn with_timeout<T>(
 
 /// Opens a socket to `addr` with the driver's socket settings.
 async fn open_socket(addr: &Addr, settings: &SocketSettings) -> io::Result<PgSocket> {
-    let state = Arc::new(WireState::default());
-    open_watched(addr, settings, state).await
+    open_watched(addr, settings, Arc::new(WireState::default()), false).await
 }
 
 /// Opens a socket to `addr`; a failure names the address (never a password: the DSN's
@@ -306,10 +451,11 @@ async fn open_watched(
     addr: &Addr,
     settings: &SocketSettings,
     state: Arc<WireState>,
+    watch: bool,
 ) -> io::Result<PgSocket> {
     open_stream(addr, settings)
         .await
-        .map(|stream| PgSocket(Wire::new(stream, state)))
+        .map(|stream| PgSocket(Wire::new(stream, state, watch)))
         .map_err(|e| {
             let at = match addr {
                 Addr::Tcp(addr) => addr.to_string(),
@@ -410,11 +556,46 @@ async fn driver_error(error: io::Error) -> tokio_postgres::Error {
     }
 }
 
-/// One address to try, with the name TLS verifies (none for a Unix socket or a bare
-/// `hostaddr`).
+/// One entry of the DSN's host list: what to connect to and the name TLS verifies (none for
+/// a Unix socket or a bare `hostaddr`).
+struct Target {
+    host: Option<Host>,
+    hostaddr: Option<std::net::IpAddr>,
+    port: u16,
+}
+
+/// One address to try.
 struct Candidate {
     addr: Addr,
     hostname: Option<String>,
+}
+
+/// The DSN's hosts, `hostaddr`s and ports, checked as `tokio_postgres::Config::connect`
+/// checks them: the entries in order (shuffled with `load_balance_hosts=random`).
+pub(crate) fn check_hosts(config: &Config) -> Result<(), String> {
+    let (hosts, hostaddrs, ports) = (
+        config.get_hosts(),
+        config.get_hostaddrs(),
+        config.get_ports(),
+    );
+    if hosts.is_empty() && hostaddrs.is_empty() {
+        return Err("both host and hostaddr are missing".into());
+    }
+    if !hosts.is_empty() && !hostaddrs.is_empty() && hosts.len() != hostaddrs.len() {
+        return Err(format!(
+            "number of hosts ({}) is different from number of hostaddrs ({})",
+            hosts.len(),
+            hostaddrs.len()
+        ));
+    }
+    let count = hosts.len().max(hostaddrs.len());
+    if ports.len() > 1 && ports.len() != count {
+        return Err(format!(
+            "number of ports ({}) is neither 1 nor the number of hosts ({count})",
+            ports.len()
+        ));
+    }
+    Ok(())
 }
 
 impl<Tls> PostgresManager<Tls>
@@ -424,82 +605,68 @@ where
     Tls::TlsConnect: Send + 'static,
     <Tls::TlsConnect as TlsConnect<PgSocket>>::Future: Send + 'static,
 {
-    /// Every address to try, in the driver's order.
-    async fn candidates(&self) -> Result<Vec<Candidate>, io::Error> {
+    fn targets(&self) -> Result<Vec<Target>, io::Error> {
         let config = &self.config;
+        check_hosts(config).map_err(|text| io::Error::new(io::ErrorKind::InvalidInput, text))?;
         let (hosts, hostaddrs, ports) = (
             config.get_hosts(),
             config.get_hostaddrs(),
             config.get_ports(),
         );
-        let invalid = |text: String| io::Error::new(io::ErrorKind::InvalidInput, text);
-        if hosts.is_empty() && hostaddrs.is_empty() {
-            return Err(invalid("both host and hostaddr are missing".into()));
+        let mut targets: Vec<Target> = (0..hosts.len().max(hostaddrs.len()))
+            .map(|i| Target {
+                host: hosts.get(i).cloned(),
+                hostaddr: hostaddrs.get(i).copied(),
+                port: ports.get(i).or(ports.first()).copied().unwrap_or(5432),
+            })
+            .collect();
+        if self.random() {
+            fastrand::shuffle(&mut targets);
         }
-        if !hosts.is_empty() && !hostaddrs.is_empty() && hosts.len() != hostaddrs.len() {
-            return Err(invalid(format!(
-                "number of hosts ({}) is different from number of hostaddrs ({})",
-                hosts.len(),
-                hostaddrs.len()
-            )));
+        Ok(targets)
+    }
+
+    fn random(&self) -> bool {
+        self.config.get_load_balance_hosts() == LoadBalanceHosts::Random
+    }
+
+    /// The addresses of one target, resolved only when it is reached (a slow lookup of a
+    /// fallback host never delays the first).
+    async fn resolve(&self, target: &Target) -> io::Result<Vec<Candidate>> {
+        let hostname = match &target.host {
+            Some(Host::Tcp(name)) => Some(name.clone()),
+            _ => None,
+        };
+        if let Some(ip) = target.hostaddr {
+            return Ok(vec![Candidate {
+                addr: Addr::Tcp(SocketAddr::new(ip, target.port)),
+                hostname,
+            }]);
         }
-        let count = hosts.len().max(hostaddrs.len());
-        if ports.len() > 1 && ports.len() != count {
-            return Err(invalid("invalid number of ports".into()));
-        }
-        let random = config.get_load_balance_hosts() == LoadBalanceHosts::Random;
-        let mut order: Vec<usize> = (0..count).collect();
-        if random {
-            fastrand::shuffle(&mut order);
-        }
-        let mut candidates = Vec::new();
-        let mut last_error = None;
-        for i in order {
-            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-            let host = hosts.get(i);
-            let hostname = match host {
-                Some(Host::Tcp(name)) => Some(name.clone()),
-                _ => None,
-            };
-            if let Some(ip) = hostaddrs.get(i) {
-                candidates.push(Candidate {
-                    addr: Addr::Tcp(SocketAddr::new(*ip, port)),
-                    hostname,
-                });
-                continue;
+        match &target.host {
+            Some(Host::Tcp(name)) => {
+                let mut addrs: Vec<SocketAddr> =
+                    tokio::net::lookup_host((name.as_str(), target.port))
+                        .await?
+                        .collect();
+                if self.random() {
+                    fastrand::shuffle(&mut addrs);
+                }
+                Ok(addrs
+                    .into_iter()
+                    .map(|addr| Candidate {
+                        addr: Addr::Tcp(addr),
+                        hostname: hostname.clone(),
+                    })
+                    .collect())
             }
-            match host {
-                Some(Host::Tcp(name)) => match tokio::net::lookup_host((name.as_str(), port)).await
-                {
-                    Ok(addrs) => {
-                        let mut addrs: Vec<SocketAddr> = addrs.collect();
-                        if random {
-                            fastrand::shuffle(&mut addrs);
-                        }
-                        candidates.extend(addrs.into_iter().map(|addr| Candidate {
-                            addr: Addr::Tcp(addr),
-                            hostname: hostname.clone(),
-                        }));
-                    }
-                    Err(e) => last_error = Some(e),
-                },
-                #[cfg(unix)]
-                Some(Host::Unix(dir)) => candidates.push(Candidate {
-                    addr: Addr::Unix(dir.join(format!(".s.PGSQL.{port}"))),
-                    hostname: None,
-                }),
-                None => {}
-            }
+            #[cfg(unix)]
+            Some(Host::Unix(dir)) => Ok(vec![Candidate {
+                addr: Addr::Unix(dir.join(format!(".s.PGSQL.{}", target.port))),
+                hostname: None,
+            }]),
+            _ => Ok(Vec::new()),
         }
-        if candidates.is_empty() {
-            return Err(last_error.unwrap_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "could not resolve any addresses",
-                )
-            }));
-        }
-        Ok(candidates)
     }
 
     async fn connect_to(
@@ -508,16 +675,20 @@ where
         settings: &SocketSettings,
     ) -> Result<PostgresConnection, tokio_postgres::Error> {
         let wire = Arc::new(WireState::default());
-        let socket = match open_watched(&candidate.addr, settings, wire.clone()).await {
+        let no_tls = std::any::TypeId::of::<Tls>() == std::any::TypeId::of::<NoTls>();
+        // With `sslnegotiation=direct` the TLS handshake starts at the first byte: the
+        // socket carries only ciphertext, and the watching happens above TLS alone.
+        let watch_socket = no_tls || self.config.get_ssl_negotiation() != SslNegotiation::Direct;
+        let socket = match open_watched(&candidate.addr, settings, wire.clone(), watch_socket).await
+        {
             Ok(socket) => socket,
             Err(e) => return Err(driver_error(e).await),
         };
-        let client = if std::any::TypeId::of::<Tls>() == std::any::TypeId::of::<NoTls>() {
+        let (client, task) = if no_tls {
             // NoTls declines TLS without asking the server (the watched socket carries the
             // whole session); a wrapper around it could not say so.
             let (client, connection) = self.config.connect_raw(socket, NoTls).await?;
-            spawn_connection(connection);
-            client
+            (client, spawn_connection(connection))
         } else {
             let tls = self
                 .tls
@@ -531,15 +702,16 @@ where
             let tls = TrackTls {
                 inner: tls,
                 state: wire.clone(),
+                has_hostname: candidate.hostname.is_some(),
             };
             let (client, connection) = self.config.connect_raw(socket, tls).await?;
-            spawn_connection(connection);
-            client
+            (client, spawn_connection(connection))
         };
         self.check_session_attrs(&client).await?;
         Ok(PostgresConnection {
             client,
             wire,
+            task,
             peer: Arc::new(Peer {
                 addr: candidate.addr,
                 hostname: candidate.hostname,
@@ -572,16 +744,23 @@ where
     }
 }
 
-fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>) -> Arc<TaskState>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let task = Arc::new(TaskState::default());
+    let driven = Driven {
+        connection: Box::pin(connection),
+        waker: Waker::from(task.clone()),
+        task: task.clone(),
+    };
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
+        if let Err(e) = driven.await {
             tracing::debug!(error = %e, "postgresql connection ended");
         }
     });
+    task
 }
 
 impl<Tls> bb8::ManageConnection for PostgresManager<Tls>
@@ -595,19 +774,37 @@ where
     type Error = tokio_postgres::Error;
 
     async fn connect(&self) -> Result<PostgresConnection, tokio_postgres::Error> {
-        let candidates = match self.candidates().await {
-            Ok(candidates) => candidates,
+        let targets = match self.targets() {
+            Ok(targets) => targets,
             Err(e) => return Err(driver_error(e).await),
         };
         let settings = SocketSettings::of(&self.config);
         let mut last_error = None;
-        for candidate in candidates {
-            match self.connect_to(candidate, &settings).await {
-                Ok(conn) => return Ok(conn),
-                Err(e) => last_error = Some(e),
+        for target in targets {
+            let candidates = match self.resolve(&target).await {
+                Ok(candidates) => candidates,
+                Err(e) => {
+                    last_error = Some(driver_error(e).await);
+                    continue;
+                }
+            };
+            for candidate in candidates {
+                match self.connect_to(candidate, &settings).await {
+                    Ok(conn) => return Ok(conn),
+                    Err(e) => last_error = Some(e),
+                }
             }
         }
-        Err(last_error.expect("candidates() returns at least one address"))
+        Err(match last_error {
+            Some(e) => e,
+            None => {
+                driver_error(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "could not resolve any addresses",
+                ))
+                .await
+            }
+        })
     }
 
     async fn is_valid(&self, conn: &mut PostgresConnection) -> Result<(), tokio_postgres::Error> {

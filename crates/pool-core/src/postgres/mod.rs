@@ -4,7 +4,10 @@
 //! A connection handed back with a transaction still open or failed (a `BEGIN` without
 //! `COMMIT`, a handler that returned early) is rolled back before the next borrower gets it;
 //! the pool learns the session's state from the protocol stream itself, so a clean return
-//! costs no round trip (see [`PostgresManager`]).
+//! costs no round trip (see [`PostgresManager`] and [`PostgresConnection::session_state`]).
+//! Only the transaction is undone: session settings (`SET`), temporary tables, advisory
+//! locks, `LISTEN`s and prepared statements stay with the connection, as with any pool that
+//! does not run `DISCARD ALL`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,8 +36,8 @@ use tokio_postgres::NoTls;
 mod manager;
 mod wire;
 
-pub use manager::{PgSocket, PostgresConnection, PostgresManager};
-use wire::Session;
+pub use manager::{CancelToken, PgSocket, PostgresConnection, PostgresManager};
+pub use wire::SessionState;
 
 use crate::builder::PoolBuilder;
 use crate::config::PoolConfig;
@@ -138,10 +141,16 @@ fn apply_socket_settings(config: &PoolConfig, pg: &mut tokio_postgres::Config) {
     }
 }
 
-/// A session that is not idle (a transaction open or failed, a request unanswered) needs a
-/// reset before reuse.
+/// On return: a session the stream shows not idle (a transaction open or failed, a request
+/// unanswered) needs a reset before reuse.
 fn needs_reset(conn: &PostgresConnection) -> bool {
-    conn.session() != Session::Idle
+    conn.session_state() != SessionState::Idle
+}
+
+/// On checkout, also one whose driver task has not yet written what was queued on it (a
+/// request queued by a future dropped just before the connection came back).
+fn needs_reset_at_checkout(conn: &PostgresConnection) -> bool {
+    conn.unsettled() || conn.session_state() != SessionState::Idle
 }
 
 fn reset(
@@ -187,6 +196,12 @@ where
             .postgres_config()
             .expect("require_url checked that the URL is a PostgreSQL one")
             .clone();
+        if let Err(problem) = manager::check_hosts(&pg_config) {
+            return Err(BuildError::Url(format!(
+                "DATABASE_URL `{}`: {problem}",
+                url.redacted()
+            )));
+        }
         apply_socket_settings(self.current_config(), &mut pg_config);
         let limit = self.current_config().connect_timeout;
         let cancel_tls = tls.clone();
@@ -202,7 +217,7 @@ where
                     });
                 }
             })
-            .reset_with(needs_reset, reset)
+            .reset_with(needs_reset, needs_reset_at_checkout, reset)
             .classify_errors(is_connection_error)
             .connect_failures(connect_failure)
             .describe_errors(describe)

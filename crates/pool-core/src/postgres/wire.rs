@@ -15,7 +15,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -25,67 +25,113 @@ use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
 /// The length of an `SSLRequest` (its length field counts itself and the request code).
 const SSL_REQUEST_LEN: u32 = 8;
 
-/// What one connection's stream has shown so far. Written only by the task that drives the
-/// connection (one writer per field), read by the pool when the connection is returned.
+/// What one connection's stream has shown so far. Each field has one writer: the counts and
+/// the status are written by the task that drives the connection, `offset` by whoever holds
+/// the connection while resetting it; the pool reads them when the connection comes back.
 #[derive(Debug, Default)]
 pub(crate) struct WireState {
-    /// Requests sent that the server answers with a `ReadyForQuery` (numbered from 1).
+    /// Requests sent that the server answers with one `ReadyForQuery` each (numbered from 1):
+    /// the start-up message, a `Query`, a `FunctionCall`, and an extended-protocol group (its
+    /// first message to its `Sync`).
     sent: AtomicU32,
-    /// The number of the last request sent that runs something (a `Query`, or a `Sync`
-    /// closing a group with an `Execute`; the start-up too). Requests that only prepare,
-    /// describe or close statements (tokio-postgres closes a statement after each
-    /// `query(&str)`) cannot change the session's transaction status.
+    /// The number of the last request that runs something (a `Query`, a `FunctionCall`, a
+    /// group with a `Bind` or an `Execute`; the start-up too), counted from its first byte.
+    /// Groups that only prepare, describe or close statements (tokio-postgres closes a
+    /// statement after each `query(&str)`) cannot change the transaction status.
     last_executing: AtomicU32,
     /// `ReadyForQuery` messages received.
     answered: AtomicU32,
+    /// Added to `answered` by a reset, after a round trip proved every earlier request
+    /// answered: makes up for requests the server answers together (the `Sync` a copy-in
+    /// ignores).
+    offset: AtomicU32,
     /// The status byte of the last `ReadyForQuery` (0 before the first).
     status: AtomicU8,
+    /// The server is in copy-in mode (it sent `CopyInResponse`; no `ReadyForQuery` since).
+    copying: AtomicBool,
 }
 
 /// A session's state as the protocol stream shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Session {
-    /// Every request that runs something answered, no transaction open.
+pub enum SessionState {
+    /// Every request that runs something has been answered, and no transaction is open.
     Idle,
-    /// Every request that runs something answered, inside a transaction block (`T`) or a
-    /// failed one (`E`).
+    /// Every request that runs something has been answered, inside a transaction block
+    /// (status `T`) or a failed one (`E`).
     InTransaction,
-    /// A request that runs something is still unanswered (its caller may have gone away
-    /// mid-flight).
+    /// A request that runs something is still unanswered, or a copy is in progress (its
+    /// caller may have gone away mid-flight).
     Busy,
 }
 
 impl WireState {
-    pub(crate) fn session(&self) -> Session {
+    pub(crate) fn session(&self) -> SessionState {
         // `answered` is published after `status`: reading it first makes the status at least
         // as new as the count.
-        let answered = self.answered.load(Ordering::Acquire);
+        let answered = self
+            .answered
+            .load(Ordering::Acquire)
+            .wrapping_add(self.offset.load(Ordering::Acquire));
         let status = self.status.load(Ordering::Acquire);
         let last_executing = self.last_executing.load(Ordering::Acquire);
         // Wrapping: counts are compared as a distance, as TCP compares sequence numbers.
-        if (last_executing.wrapping_sub(answered) as i32) > 0 {
-            Session::Busy
+        if (last_executing.wrapping_sub(answered) as i32) > 0
+            || self.copying.load(Ordering::Acquire)
+        {
+            SessionState::Busy
         } else if status == b'I' {
-            Session::Idle
+            SessionState::Idle
         } else {
-            Session::InTransaction
+            SessionState::InTransaction
         }
     }
 
-    /// Counts a request sent; `executing` when it runs something.
-    fn sent(&self, executing: bool) {
+    /// After a round trip on the connection has come back (so every request sent before it
+    /// is answered), makes the counts agree with that.
+    pub(crate) fn resync(&self) {
+        let answered = self
+            .answered
+            .load(Ordering::Acquire)
+            .wrapping_add(self.offset.load(Ordering::Relaxed));
+        let behind = self
+            .last_executing
+            .load(Ordering::Acquire)
+            .wrapping_sub(answered) as i32;
+        if behind > 0 {
+            self.offset.store(
+                self.offset
+                    .load(Ordering::Relaxed)
+                    .wrapping_add(behind as u32),
+                Ordering::Release,
+            );
+        }
+    }
+
+    /// Numbers a new request.
+    fn next(&self) -> u32 {
         // One writer: loads and stores, no read-modify-write.
         let number = self.sent.load(Ordering::Relaxed).wrapping_add(1);
         self.sent.store(number, Ordering::Relaxed);
-        if executing {
-            self.last_executing.store(number, Ordering::Release);
-        }
+        number
+    }
+
+    fn executing(&self, number: u32) {
+        self.last_executing.store(number, Ordering::Release);
     }
 
     fn answered(&self, status: u8) {
         self.status.store(status, Ordering::Release);
-        let answered = self.answered.load(Ordering::Relaxed).wrapping_add(1);
+        // A copy-in ends here. The `Sync` sent with its `Execute` reached the server during
+        // the copy, which ignores a `Sync` then: this one answer covers both.
+        let ended_copy = self.copying.load(Ordering::Relaxed);
+        let answered = self
+            .answered
+            .load(Ordering::Relaxed)
+            .wrapping_add(1 + u32::from(ended_copy));
         self.answered.store(answered, Ordering::Release);
+        if ended_copy {
+            self.copying.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -114,8 +160,7 @@ fn take_header(
     Some((kind, u32::from_be_bytes(len)))
 }
 
-/// Frames what the client writes: counts the requests that the server answers with a
-/// `ReadyForQuery` (the start-up message, `Query`, `Sync`).
+/// Frames what the client writes and numbers the requests the server will answer.
 #[derive(Debug)]
 struct Writer {
     /// The next message has no type byte (the start-up message, or an `SSLRequest`).
@@ -124,8 +169,8 @@ struct Writer {
     have: usize,
     /// Payload bytes of the current message still to pass.
     remaining: u32,
-    /// The extended-protocol group being sent holds an `Execute`.
-    group_executes: bool,
+    /// The number of the extended-protocol group being sent (up to its `Sync`).
+    group: Option<u32>,
 }
 
 impl Writer {
@@ -135,8 +180,13 @@ impl Writer {
             header: [0; 5],
             have: 0,
             remaining: 0,
-            group_executes: false,
+            group: None,
         }
+    }
+
+    /// The number of the group being sent, opening one if none is.
+    fn group(&mut self, state: &WireState) -> u32 {
+        *self.group.get_or_insert_with(|| state.next())
     }
 
     /// Feeds bytes the stream accepted; `true` when they ended an `SSLRequest` (the server
@@ -165,15 +215,32 @@ impl Writer {
                     ssl_request = true;
                 } else {
                     self.untyped = false;
-                    state.sent(true);
+                    let number = state.next();
+                    state.executing(number);
                 }
-            } else {
-                match kind {
-                    b'Q' => state.sent(true),
-                    b'E' => self.group_executes = true,
-                    b'S' => state.sent(std::mem::take(&mut self.group_executes)),
-                    _ => {}
+                continue;
+            }
+            match kind {
+                // Simple query and function call: answered on their own.
+                b'Q' | b'F' => {
+                    let number = state.next();
+                    state.executing(number);
                 }
+                // Bind and Execute run a statement: the group counts from its first byte.
+                b'B' | b'E' => {
+                    let number = self.group(state);
+                    state.executing(number);
+                }
+                // Parse, Describe, Close, Flush: a group that runs nothing (yet).
+                b'P' | b'D' | b'C' | b'H' => {
+                    self.group(state);
+                }
+                // Sync ends the group (the guard takes it); a Sync alone is a request of its own.
+                b'S' if self.group.take().is_none() => {
+                    state.next();
+                }
+                // Copy data, password messages, Terminate: no answer of their own.
+                _ => {}
             }
         }
         ssl_request
@@ -232,6 +299,9 @@ impl Reader {
             };
             self.remaining = len.saturating_sub(4);
             self.ready = kind == b'Z' && self.remaining > 0;
+            if kind == b'G' {
+                state.copying.store(true, Ordering::Release);
+            }
         }
         false
     }
@@ -250,13 +320,14 @@ pub(crate) struct Wire<S> {
 }
 
 impl<S> Wire<S> {
-    pub(crate) fn new(inner: S, state: Arc<WireState>) -> Self {
+    /// `watch`: off for a stream that carries only ciphertext from its first byte.
+    pub(crate) fn new(inner: S, state: Arc<WireState>, watch: bool) -> Self {
         Wire {
             inner,
             state,
             writer: Writer::new(),
             reader: Reader::new(),
-            watching: true,
+            watching: watch,
         }
     }
 }
@@ -321,7 +392,12 @@ impl<S: TlsStream + Unpin> TlsStream for Wire<S> {
 pub(crate) struct TrackTls<T> {
     pub(crate) inner: T,
     pub(crate) state: Arc<WireState>,
+    /// The DSN named a host to verify; without one (a Unix socket, a bare `hostaddr`) TLS
+    /// is refused, as tokio-postgres' own connect refuses it.
+    pub(crate) has_hostname: bool,
 }
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl<S, T> TlsConnect<S> for TrackTls<T>
 where
@@ -330,13 +406,19 @@ where
     T::Stream: Send + 'static,
 {
     type Stream = Wire<T::Stream>;
-    type Error = T::Error;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Stream, T::Error>> + Send>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Stream, BoxError>> + Send>>;
 
     fn connect(self, stream: S) -> Self::Future {
         let state = self.state;
+        if !self.has_hostname {
+            return Box::pin(async { Err("no hostname provided for TLS handshake".into()) });
+        }
         let handshake = self.inner.connect(stream);
-        Box::pin(async move { Ok(Wire::new(handshake.await?, state)) })
+        Box::pin(async move {
+            let stream = handshake.await.map_err(Into::into)?;
+            Ok(Wire::new(stream, state, true))
+        })
     }
 }
 
@@ -381,63 +463,125 @@ mod tests {
             let state = WireState::default();
             let (mut w, mut r) = (Writer::new(), Reader::new());
             assert!(!write_in(&mut w, &state, &startup(), chunk));
-            assert_eq!(state.session(), Session::Busy, "chunk {chunk}");
+            assert_eq!(state.session(), SessionState::Busy, "chunk {chunk}");
             let mut greeting = message(b'R', &[0, 0, 0, 0]);
             greeting.extend(message(b'S', b"TimeZone\0UTC\0"));
             greeting.extend(message(b'K', &[0; 8]));
             greeting.extend(message(b'Z', b"I"));
             read_in(&mut r, &state, &greeting, chunk);
-            assert_eq!(state.session(), Session::Idle, "chunk {chunk}");
+            assert_eq!(state.session(), SessionState::Idle, "chunk {chunk}");
 
             // BEGIN by simple query, then an extended-protocol insert.
             write_in(&mut w, &state, &message(b'Q', b"BEGIN\0"), chunk);
-            assert_eq!(state.session(), Session::Busy);
+            assert_eq!(state.session(), SessionState::Busy);
             read_in(&mut r, &state, &message(b'C', b"BEGIN\0"), chunk);
-            assert_eq!(state.session(), Session::Busy);
+            assert_eq!(state.session(), SessionState::Busy);
             read_in(&mut r, &state, &message(b'Z', b"T"), chunk);
-            assert_eq!(state.session(), Session::InTransaction);
+            assert_eq!(state.session(), SessionState::InTransaction);
             let mut insert = message(b'B', &[0; 12]);
             insert.extend(message(b'E', &[0; 5]));
             insert.extend(message(b'S', b""));
             write_in(&mut w, &state, &insert, chunk);
-            assert_eq!(state.session(), Session::Busy);
+            assert_eq!(state.session(), SessionState::Busy);
             let mut reply = message(b'2', b"");
             reply.extend(message(b'E', b"SERROR\0C23505\0\0"));
             reply.extend(message(b'Z', b"E"));
             read_in(&mut r, &state, &reply, chunk);
-            assert_eq!(state.session(), Session::InTransaction);
+            assert_eq!(state.session(), SessionState::InTransaction);
             write_in(&mut w, &state, &message(b'Q', b"ROLLBACK\0"), chunk);
             read_in(&mut r, &state, &message(b'C', b"ROLLBACK\0"), chunk);
             read_in(&mut r, &state, &message(b'Z', b"I"), chunk);
-            assert_eq!(state.session(), Session::Idle, "chunk {chunk}");
+            assert_eq!(state.session(), SessionState::Idle, "chunk {chunk}");
 
             // A statement closed after use (Close + Sync) runs nothing: still idle while
             // its answer is on the way.
             let mut close = message(b'C', b"Ss0\0");
             close.extend(message(b'S', b""));
             write_in(&mut w, &state, &close, chunk);
-            assert_eq!(state.session(), Session::Idle, "chunk {chunk}");
+            assert_eq!(state.session(), SessionState::Idle, "chunk {chunk}");
             // A prepare (Parse + Describe + Sync) neither.
             let mut prepare = message(b'P', b"s1\0BEGIN\0\0\0");
             prepare.extend(message(b'D', b"Ss1\0"));
             prepare.extend(message(b'S', b""));
             write_in(&mut w, &state, &prepare, chunk);
-            assert_eq!(state.session(), Session::Idle, "chunk {chunk}");
+            assert_eq!(state.session(), SessionState::Idle, "chunk {chunk}");
             read_in(&mut r, &state, &message(b'3', b""), chunk);
             read_in(&mut r, &state, &message(b'Z', b"I"), chunk);
             read_in(&mut r, &state, &message(b'1', b""), chunk);
             read_in(&mut r, &state, &message(b'Z', b"I"), chunk);
-            assert_eq!(state.session(), Session::Idle, "chunk {chunk}");
+            assert_eq!(state.session(), SessionState::Idle, "chunk {chunk}");
             // Executing it does.
             let mut execute = message(b'B', &[0; 12]);
             execute.extend(message(b'E', &[0; 5]));
             execute.extend(message(b'S', b""));
             write_in(&mut w, &state, &execute, chunk);
-            assert_eq!(state.session(), Session::Busy, "chunk {chunk}");
+            assert_eq!(state.session(), SessionState::Busy, "chunk {chunk}");
             read_in(&mut r, &state, &message(b'C', b"BEGIN\0"), chunk);
             read_in(&mut r, &state, &message(b'Z', b"T"), chunk);
-            assert_eq!(state.session(), Session::InTransaction, "chunk {chunk}");
+            assert_eq!(
+                state.session(),
+                SessionState::InTransaction,
+                "chunk {chunk}"
+            );
         }
+    }
+
+    #[test]
+    fn a_copy_in_is_busy_until_it_ends_and_leaves_the_counts_even() {
+        for chunk in [1, 3, 1000] {
+            let state = WireState::default();
+            let (mut w, mut r) = (Writer::new(), Reader::new());
+            write_in(&mut w, &state, &startup(), chunk);
+            read_in(&mut r, &state, &message(b'Z', b"I"), chunk);
+            // tokio-postgres' copy_in: Bind, Execute, Sync; then the data, CopyDone, Sync.
+            let mut start = message(b'B', &[0; 12]);
+            start.extend(message(b'E', &[0; 5]));
+            start.extend(message(b'S', b""));
+            write_in(&mut w, &state, &start, chunk);
+            read_in(&mut r, &state, &message(b'2', b""), chunk);
+            read_in(&mut r, &state, &message(b'G', &[0, 0, 0]), chunk);
+            let mut data = message(b'd', b"1\n");
+            data.extend(message(b'c', b""));
+            write_in(&mut w, &state, &data, chunk);
+            assert_eq!(state.session(), SessionState::Busy, "copying");
+            write_in(&mut w, &state, &message(b'S', b""), chunk);
+            read_in(&mut r, &state, &message(b'C', b"COPY 1\0"), chunk);
+            assert_eq!(state.session(), SessionState::Busy);
+            // One ReadyForQuery for both Syncs (the server ignored the first mid-copy).
+            read_in(&mut r, &state, &message(b'Z', b"I"), chunk);
+            assert_eq!(state.session(), SessionState::Idle, "chunk {chunk}");
+            write_in(&mut w, &state, &message(b'Q', b"select 1\0"), chunk);
+            assert_eq!(state.session(), SessionState::Busy);
+            read_in(&mut r, &state, &message(b'Z', b"I"), chunk);
+            assert_eq!(
+                state.session(),
+                SessionState::Idle,
+                "chunk {chunk}: counts even"
+            );
+        }
+    }
+
+    #[test]
+    fn a_resync_after_a_round_trip_repairs_a_miscount() {
+        let state = WireState::default();
+        let (mut w, mut r) = (Writer::new(), Reader::new());
+        w.feed(&state, &startup());
+        r.feed(&state, &message(b'Z', b"I"));
+        // Two queries the server answered with one ReadyForQuery: the counts fall behind.
+        w.feed(&state, &message(b'Q', b"a\0"));
+        w.feed(&state, &message(b'Q', b"b\0"));
+        r.feed(&state, &message(b'Z', b"I"));
+        assert_eq!(state.session(), SessionState::Busy);
+        state.resync();
+        assert_eq!(state.session(), SessionState::Idle);
+        w.feed(&state, &message(b'Q', b"c\0"));
+        assert_eq!(
+            state.session(),
+            SessionState::Busy,
+            "a new query still counts"
+        );
+        r.feed(&state, &message(b'Z', b"T"));
+        assert_eq!(state.session(), SessionState::InTransaction);
     }
 
     #[test]
@@ -459,6 +603,6 @@ mod tests {
         reply.extend(message(b'R', &[0, 0, 0, 0]));
         reply.extend(message(b'Z', b"I"));
         assert!(!r.feed(&state, &reply));
-        assert_eq!(state.session(), Session::Idle);
+        assert_eq!(state.session(), SessionState::Idle);
     }
 }
