@@ -2,7 +2,7 @@
 # A throwaway PostgreSQL server for the tests, on 127.0.0.1, safe to run as root (the server
 # itself runs as an unprivileged OS user, because postgres refuses uid 0).
 #
-# usage: scripts/pg.sh start|stop|crash|restart|status|destroy|install
+# usage: scripts/pg.sh start|stop|crash|kill9|restart|status|destroy|install
 #   start    initialise (first time) and start; prints the connection URL
 #   stop     fast shutdown          crash    immediate shutdown (no checkpoint)
 #   restart  start again after stop/crash    destroy  stop and delete everything
@@ -74,9 +74,21 @@ case "${1:-start}" in
   restart) as_pg "$PGBIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 start >/dev/null ;;
   stop)    as_pg "$PGBIN/pg_ctl" -D "$DATA" -w -t 60 -m fast stop >/dev/null ;;
   crash)   as_pg "$PGBIN/pg_ctl" -D "$DATA" -w -t 60 -m immediate stop >/dev/null ;;
+  # SIGKILL to the postmaster; its backends notice it is gone and exit. Waits (bounded) until
+  # they have, so that `restart` finds the data directory free.
+  kill9)
+    pid=$(head -1 "$DATA/postmaster.pid")
+    children=$(pgrep -P "$pid" | tr '\n' ' ')
+    kill -9 "$pid"
+    for _ in $(seq 100); do
+      alive=0
+      for child in $children; do kill -0 "$child" 2>/dev/null && alive=1; done
+      [ "$alive" = 0 ] && break
+      sleep 0.1
+    done ;;
   status)  as_pg "$PGBIN/pg_ctl" -D "$DATA" status ;;
   destroy)
     if [ -f "$DATA/postmaster.pid" ]; then as_pg "$PGBIN/pg_ctl" -D "$DATA" -w -m immediate stop >/dev/null 2>&1 || true; fi
     rm -rf "$PG_ROOT" ;;
-  *) echo "usage: $0 start|stop|crash|restart|status|destroy|install" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|crash|kill9|restart|status|destroy|install" >&2; exit 2 ;;
 esac

@@ -58,18 +58,18 @@ install_prometheus() {
 step "install Prometheus (promtool)" install_prometheus
 
 # nftables and iproute2 for the fault suite's packet-loss scenario (a private network
-# namespace with a DROP rule on the server's port).
+# namespace with a DROP rule on the server's port); procps (pgrep) for `pg.sh kill9`.
 install_fault_tools() {
-  command -v nft >/dev/null && command -v ip >/dev/null && return 0
+  command -v nft >/dev/null && command -v ip >/dev/null && command -v pgrep >/dev/null && return 0
   if [ "$(id -u)" != 0 ]; then
-    echo "nftables/iproute2 are not installed and this is not root: sudo apt-get install -y nftables iproute2"
+    echo "nftables/iproute2/procps are not installed and this is not root: sudo apt-get install -y nftables iproute2 procps"
     return 1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq nftables iproute2 >/dev/null 2>&1 ||
-    { apt-get update -qq && apt-get install -y -qq nftables iproute2 >/dev/null; }
+  apt-get install -y -qq nftables iproute2 procps >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get install -y -qq nftables iproute2 procps >/dev/null; }
 }
-step "install nftables and iproute2 (fault suite)" install_fault_tools
+step "install nftables, iproute2 and procps (fault suite)" install_fault_tools
 
 check_prometheus_files() {
   promtool check config deploy/prometheus/prometheus.yml &&

@@ -50,9 +50,9 @@ pub fn pool(url: &str, application_name: &str) -> PostgresPool {
         .tcp_keepalive(Duration::from_secs(2))
         .tcp_user_timeout(Duration::from_secs(2))
         .health_interval(Duration::from_secs(1))
+        // The product's breaker defaults (threshold 5, probes backing off to once a second,
+        // 3 in a row to close), with the suite's operation timeout.
         .breaker(BreakerConfig {
-            failure_threshold: 5,
-            recovery_timeout: Duration::from_secs(2),
             operation_timeout: OPERATION_TIMEOUT,
             ..BreakerConfig::default()
         })
@@ -103,6 +103,52 @@ pub async fn serve(pool: &PostgresPool) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
+}
+
+/// A PostgreSQL server of the scenario's own (started and removed by `scripts/pg.sh` on
+/// `port`), for faults the shared server must not feel: stops, crashes, kills.
+#[derive(Debug)]
+pub struct PrivateServer {
+    port: u16,
+    /// Its URL (superuser).
+    pub url: String,
+}
+
+impl PrivateServer {
+    /// A fresh server on `port`.
+    pub fn start(port: u16) -> PrivateServer {
+        let mut server = PrivateServer {
+            port,
+            url: String::new(),
+        };
+        server.ctl("destroy");
+        server.url = server.ctl("start");
+        server
+    }
+
+    /// Runs `scripts/pg.sh action` for it (`crash`, `kill9`, `restart`, …); its output.
+    pub fn ctl(&self, action: &str) -> String {
+        let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg(action)
+            .env("PGPORT", self.port.to_string())
+            .env_remove("PG_ROOT")
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success() || action == "destroy",
+            "pg.sh {action} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.ctl("destroy");
+    }
 }
 
 /// An administrative connection (not through the pool).
@@ -173,6 +219,10 @@ pub struct Outcome {
     pub status: u16,
     /// How long it took.
     pub took: Duration,
+    /// When it ended.
+    pub at: Instant,
+    /// Its `Retry-After` header, in seconds.
+    pub retry_after: Option<u64>,
 }
 
 /// A request over a fresh connection, given up (status 0) after `limit`.
@@ -187,16 +237,26 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, limit: Duration
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.ok()?;
         let text = String::from_utf8_lossy(&raw).into_owned();
-        text.split_whitespace().nth(1)?.parse::<u16>().ok()
+        let status = text.split_whitespace().nth(1)?.parse::<u16>().ok()?;
+        let head = text.split("\r\n\r\n").next().unwrap_or_default();
+        let retry_after = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("retry-after")
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        });
+        Some((status, retry_after))
     };
-    let status = tokio::time::timeout(limit, exchange)
+    let (status, retry_after) = tokio::time::timeout(limit, exchange)
         .await
         .ok()
         .flatten()
-        .unwrap_or(0);
+        .unwrap_or((0, None));
     Outcome {
         status,
         took: start.elapsed(),
+        at: Instant::now(),
+        retry_after,
     }
 }
 

@@ -13,10 +13,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use pool_core::postgres::tokio_postgres;
+use pool_core::BreakerState;
 use pool_e2e::fault::{
-    admin, assert_no_orphaned_query, load, request, Proxy, Report, Scenario, CHECKOUT_TIMEOUT,
-    MARGIN, OPERATION_TIMEOUT, REQUEST_BOUND,
+    admin, assert_no_orphaned_query, load, request, PrivateServer, Proxy, Report, Scenario, BASE,
+    CHECKOUT_TIMEOUT, MARGIN, OPERATION_TIMEOUT, REQUEST_BOUND,
 };
+use std::time::Instant;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -306,6 +308,239 @@ async fn handlers_that_leave_a_transaction_open_hand_no_open_transaction_to_the_
         report.acked.len()
     );
     sc.finish(&report).await;
+}
+
+/// The database goes away (`how`: `pg.sh crash`, i.e. `pg_ctl stop -m immediate`, or
+/// `kill9` of the postmaster) for `down` under 8 writing clients on a server of the
+/// scenario's own, then comes back. Asserted beyond the usual: every refusal is a 503 with
+/// `Retry-After`; the breaker is closed within 2 s of the server accepting connections again
+/// (it probes in the background), with at most 3 s of 503s after that; while it is down the
+/// pool tries it at most about once a second.
+async fn outage(app: &'static str, port: u16, how: &str, down: Duration) {
+    let server = PrivateServer::start(port);
+    let mut sc = Scenario::start(&server.url, &server.url, app).await;
+    let addr = sc.addr;
+    let clients = tokio::spawn(load(addr, 8, down + Duration::from_secs(6), 500_000));
+    // The fault schedule: 1 s of load, the outage, the rest of the load.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.ctl(how);
+    let went = Instant::now();
+    let opened_by = went + Duration::from_secs(5);
+    while sc.pool.breaker_state() != BreakerState::Open {
+        assert!(
+            Instant::now() < opened_by,
+            "{app}: the breaker did not open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let opened_after = went.elapsed();
+    let failures_at_open = sc.pool.stats().connection_failures;
+    tokio::time::sleep(down.saturating_sub(opened_after)).await;
+    let probes = sc.pool.stats().connection_failures - failures_at_open;
+    server.ctl("restart"); // returns once the server accepts connections
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(10);
+    while sc.pool.breaker_state() != BreakerState::Closed {
+        assert!(
+            Instant::now() < deadline,
+            "{app}: the breaker did not close"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let closed_after = back.elapsed();
+    let report = clients.await.unwrap();
+    let scenario = format!("{how} for {:.1} s", down.as_secs_f64());
+    assert_bounded(&scenario, &report);
+    let refused: Vec<_> = report.outcomes.iter().filter(|o| o.status == 503).collect();
+    assert!(!refused.is_empty(), "{scenario}: nothing was refused");
+    assert!(
+        refused
+            .iter()
+            .all(|o| o.retry_after.is_some_and(|s| s >= 1)),
+        "{scenario}: a 503 without Retry-After"
+    );
+    let refused_after_back = refused
+        .iter()
+        .filter(|o| o.at > back)
+        .map(|o| o.at - back)
+        .max()
+        .unwrap_or_default();
+    let open_for = down.saturating_sub(opened_after);
+    println!(
+        "{scenario}: breaker open {:.2} s after the fault, closed {:.2} s after the server was \
+         back, 503s until {:.2} s after; {probes} probes in {:.1} s open",
+        opened_after.as_secs_f64(),
+        closed_after.as_secs_f64(),
+        refused_after_back.as_secs_f64(),
+        open_for.as_secs_f64()
+    );
+    assert!(
+        closed_after <= Duration::from_secs(2),
+        "{scenario}: closed {closed_after:?} after"
+    );
+    assert!(
+        refused_after_back <= Duration::from_secs(3),
+        "{scenario}: 503s {refused_after_back:?} after the server was back"
+    );
+    // Probes 100 ms, 300 ms, 700 ms and 1.5 s after opening, then one a second.
+    assert!(
+        probes as f64 <= open_for.as_secs_f64() + 4.0,
+        "{scenario}: {probes} probes in {open_for:?}"
+    );
+    // The crash took the scenario's own administrative connection with it.
+    sc.admin = admin(&server.url).await;
+    sc.finish(&report).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_of_two_and_a_half_seconds_is_over_soon_after_the_restart() {
+    if pg_url("a_crash_of_two_and_a_half_seconds_is_over_soon_after_the_restart").is_none() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    outage(
+        "fault_crash_short",
+        55481,
+        "crash",
+        Duration::from_millis(2_500),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_of_thirty_seconds_is_closed_within_two_seconds_of_the_restart() {
+    if pg_url("a_crash_of_thirty_seconds_is_closed_within_two_seconds_of_the_restart").is_none() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    outage("fault_crash_long", 55482, "crash", Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_postmaster_is_survived_like_a_crash() {
+    if pg_url("a_killed_postmaster_is_survived_like_a_crash").is_none() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    outage("fault_kill9", 55483, "kill9", Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_connections_for_capacity_is_served_by_the_pooled_ones() {
+    let Some(url) =
+        pg_url("a_server_refusing_connections_for_capacity_is_served_by_the_pooled_ones")
+    else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    // A role allowed exactly the pool's base: every connection above it is refused with
+    // SQLSTATE 53300 (too many connections for role), as a server at max_connections does.
+    let admin = admin(&url).await;
+    admin
+        .batch_execute(&format!(
+            "drop role if exists fault_capped; \
+             create role fault_capped login password 'capped-pw' connection limit {BASE}"
+        ))
+        .await
+        .unwrap();
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let capped = format!(
+        "postgres://fault_capped:capped-pw@127.0.0.1:{}/postgres",
+        config.get_ports()[0]
+    );
+    pool_e2e::fault::prepare(&admin).await;
+    admin
+        .batch_execute("grant select, insert on fault_acks to fault_capped")
+        .await
+        .unwrap();
+    let sc = Scenario::start(&url, &capped, "fault_capacity").await;
+    // 16 clients on 4 connections: the pool tries to grow and is refused; the requests wait
+    // for the connections it has instead of being turned away.
+    let report = load(sc.addr, 16, Duration::from_secs(3), 3_000).await;
+    assert_bounded("server at capacity", &report);
+    assert_eq!(
+        report.count(200),
+        report.outcomes.len(),
+        "every request served: {}",
+        report.summary()
+    );
+    let s = sc.pool.stats();
+    assert!(s.connection_failures > 0, "the pool did try to grow");
+    assert_eq!(s.breaker.state, BreakerState::Closed);
+    assert_eq!(s.breaker.transitions, 0, "the breaker never moved");
+    assert_eq!(s.checkouts_rejected, 0);
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("too many connections")),
+        "{:?}",
+        s.last_error
+    );
+    println!(
+        "server at capacity: {} refused connects, breaker closed throughout",
+        s.connection_failures
+    );
+    sc.finish(&report).await;
+    drop(sc);
+    admin
+        .batch_execute("drop owned by fault_capped; drop role fault_capped")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_from_the_start_is_refused_at_once_with_its_cause() {
+    let Some(url) = pg_url("a_wrong_password_from_the_start_is_refused_at_once_with_its_cause")
+    else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let wrong = format!(
+        "postgres://postgres:not-the-password@127.0.0.1:{}/postgres",
+        config.get_ports()[0]
+    );
+    let pool = pool_e2e::fault::pool(&wrong, "fault_wrong_password");
+    let addr = pool_e2e::fault::serve(&pool).await;
+    // The first request: refused at once, not after the 2 s checkout timeout, with the
+    // cause in the pool's account.
+    let first = request(addr, "POST", "/write/1", REQUEST_BOUND).await;
+    assert_eq!(first.status, 503);
+    assert!(first.retry_after.is_some_and(|s| s >= 1));
+    assert!(
+        first.took < CHECKOUT_TIMEOUT,
+        "refused after {:?}: it waited for the checkout timeout",
+        first.took
+    );
+    let s = pool.stats();
+    assert_eq!(s.breaker.state, BreakerState::Open);
+    let cause = s.last_error.unwrap_or_default();
+    assert!(cause.contains("password authentication failed"), "{cause}");
+    assert!(!cause.contains("not-the-password"), "{cause}");
+    // A bounded load meanwhile: every request refused fast, and the pool tries the database
+    // about once a second, not once per request.
+    let failures = pool.stats().connection_failures;
+    let report = load(addr, 4, Duration::from_secs(3), 2_000).await;
+    assert_eq!(
+        report.count(503),
+        report.outcomes.len(),
+        "{}",
+        report.summary()
+    );
+    assert!(report.slowest() < CHECKOUT_TIMEOUT, "{}", report.summary());
+    let tries = pool.stats().connection_failures - failures;
+    // The rest of the start-up wave (the base, opened in parallel), then probes at 0.1, 0.3,
+    // 0.7 and 1.5 s and once a second after.
+    assert!(
+        tries <= u64::from(BASE) + 4 + 2,
+        "{tries} connection attempts in 3 s"
+    );
+    println!(
+        "wrong password: first request refused after {:.0} ms; {}; {tries} connection attempts \
+         in 3 s",
+        first.took.as_secs_f64() * 1e3,
+        report.summary()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

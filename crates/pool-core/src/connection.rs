@@ -55,8 +55,10 @@ pub enum ConnectFailure {
     /// The database may be down or unreachable: a failure event for the breaker (attempts
     /// that fail together are one event).
     Transient,
-    /// No retry can fix it (a wrong password, a missing database): the breaker opens at once
-    /// and callers get this error as the cause.
+    /// No retry can fix it (a wrong password, a missing database): with no connection open,
+    /// the breaker opens at once and callers get this error as the cause; with connections
+    /// open (a password rotated under a running pool) it is not counted, and those
+    /// connections keep serving.
     Fatal,
     /// The server is at capacity (PostgreSQL's `too many connections`): not an outage, the
     /// pool's working connections keep serving; new connects are retried with backoff.
@@ -209,6 +211,9 @@ impl<M: ManageConnection> Managed<M> {
                 let event = match (self.failure_kind)(&e) {
                     _ if probe => None,
                     ConnectFailure::Capacity => None,
+                    // With connections open (a password rotated under a running pool), those
+                    // judge the database: their failures count, this one does not.
+                    ConnectFailure::Fatal if self.shared.counters.open.load(Relaxed) > 0 => None,
                     ConnectFailure::Fatal => Some((epoch, true)),
                     ConnectFailure::Transient => Some((epoch, false)),
                 };

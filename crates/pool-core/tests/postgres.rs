@@ -833,3 +833,33 @@ async fn a_query_queued_by_a_dropped_future_is_rolled_back_before_the_next_borro
     );
     assert_eq!(pool.stats().sessions_reset, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_fails_the_first_checkout_at_once_naming_the_cause() {
+    let Some(url) = pg_url("a_wrong_password_fails_the_first_checkout_at_once_naming_the_cause")
+    else {
+        return;
+    };
+    let port = port_of(&url);
+    let pool = pool_with(
+        &format!("postgres://postgres:not-the-password@127.0.0.1:{port}/postgres"),
+        |c| PoolConfig {
+            base_size: 2,
+            checkout_timeout: Duration::from_secs(20),
+            ..c
+        },
+    );
+    let start = Instant::now();
+    let err = pool.get().await.unwrap_err();
+    let took = start.elapsed();
+    assert!(err.is_circuit_open(), "{err}");
+    assert!(
+        err.to_string().contains("password authentication failed"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("not-the-password"), "{err}");
+    assert!(
+        took < Duration::from_secs(2),
+        "{took:?}: the first checkout failed without waiting for a timeout"
+    );
+}
