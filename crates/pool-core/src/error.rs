@@ -127,8 +127,7 @@ impl fmt::Display for CheckoutError {
             } => {
                 write!(
                     f,
-                    "circuit breaker of pool `{pool}` is open after repeated database failures; \
-                     retry after {:.1}s",
+                    "circuit breaker of pool `{pool}` is open; retry after {:.1}s",
                     retry_after.as_secs_f64()
                 )?;
                 write_last_error(f, last_error.as_deref(), *last_error_age)
