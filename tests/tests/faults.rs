@@ -323,7 +323,7 @@ async fn outage(app: &'static str, port: u16, how: &str, down: Duration) {
     let clients = tokio::spawn(load(addr, 8, down + Duration::from_secs(6), 500_000));
     // The fault schedule: 1 s of load, the outage, the rest of the load.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    server.ctl(how);
+    tokio::task::block_in_place(|| server.ctl(how));
     let went = Instant::now();
     let opened_by = went + Duration::from_secs(5);
     while sc.pool.breaker_state() != BreakerState::Open {
@@ -337,7 +337,8 @@ async fn outage(app: &'static str, port: u16, how: &str, down: Duration) {
     let failures_at_open = sc.pool.stats().connection_failures;
     tokio::time::sleep(down.saturating_sub(opened_after)).await;
     let probes = sc.pool.stats().connection_failures - failures_at_open;
-    server.ctl("restart"); // returns once the server accepts connections
+    // Returns once the server accepts connections.
+    tokio::task::block_in_place(|| server.ctl("restart"));
     let back = Instant::now();
     let deadline = back + Duration::from_secs(10);
     while sc.pool.breaker_state() != BreakerState::Closed {

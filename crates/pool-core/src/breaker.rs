@@ -129,8 +129,8 @@ pub enum Admission {
     Allowed,
     /// Open, half-open or forced open: fail now and try again after `retry_after`.
     Rejected {
-        /// Time until the next recovery probe (for `Retry-After`); the recovery timeout
-        /// when forced open.
+        /// Time until the next recovery probe, at least [`FIRST_PROBE_DELAY`] (for
+        /// `Retry-After`); the recovery timeout when forced open.
         retry_after: Duration,
     },
 }
@@ -160,10 +160,12 @@ pub const FIRST_PROBE_DELAY: Duration = Duration::from_millis(100);
 /// Closed, it counts failure events; `failure_threshold` of them in a row open it (a fatal
 /// one at once). Open, it turns every call away and hands out recovery probes
 /// ([`CircuitBreaker::start_probe`], one at a time): the first [`FIRST_PROBE_DELAY`] after
-/// opening, then after each failed probe twice the previous wait, at most `recovery_timeout`.
-/// The first probe that reaches the database makes it half-open and the next probe is due at
-/// once; `success_threshold` in a row close it, a failure opens it again. Only probes move it
-/// out of open: failures and successes of calls are ignored until it closes.
+/// opening, then, counted from the end of each failed probe, twice the previous wait, at
+/// most `recovery_timeout` (and never less than [`FIRST_PROBE_DELAY`]). A probe that reaches
+/// the database makes it half-open (closed at once when `success_threshold` is 1) and the
+/// next probe is due at once; `success_threshold` in a row close it, a failure opens it
+/// again. Only probes move it out of open: failures and successes of calls are ignored until
+/// it closes.
 ///
 /// ```
 /// use std::time::{Duration, Instant};
@@ -274,8 +276,12 @@ impl CircuitBreaker {
     pub fn admit(&mut self, now: Instant) -> Admission {
         match self.state {
             BreakerState::Closed | BreakerState::Disabled => Admission::Allowed,
+            // Never "retry now": a probe due or running still takes its time.
             BreakerState::Open | BreakerState::HalfOpen => {
-                let retry_after = self.next_probe_in(now).unwrap_or_default();
+                let retry_after = self
+                    .next_probe_in(now)
+                    .unwrap_or_default()
+                    .max(FIRST_PROBE_DELAY);
                 self.reject(retry_after)
             }
             BreakerState::ForcedOpen => self.reject(self.config.recovery_timeout),

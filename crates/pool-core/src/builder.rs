@@ -350,7 +350,8 @@ impl<M: ManageConnection> PoolBuilder<M> {
     ///
     /// Returns at once: the base connections open in the background, and the monitor starts.
     /// A database that is down does not fail the build; checkouts report it (and the breaker
-    /// opens after `failure_threshold` failed connects).
+    /// opens after `failure_threshold` failure events, or at once on a fatal one such as a
+    /// wrong password).
     ///
     /// # Errors
     ///

@@ -30,22 +30,23 @@ impl fmt::Display for Profile {
 
 /// Circuit-breaker settings.
 ///
-/// `Default` is the same in every profile: 5 failures open it, it stays open 60 s, 3 probe
-/// successes close it, operations run through [`Pool::run`](crate::Pool::run) time out after 30 s.
+/// `Default` is the same in every profile: 5 failure events open it, background probes back
+/// off to once a second while it is open, 3 of them in a row reaching the database close it,
+/// operations run through [`Pool::run`](crate::Pool::run) time out after 30 s.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct BreakerConfig {
     /// `false` turns the breaker off (state `disabled`). Defaults to `true`.
     pub enabled: bool,
-    /// Consecutive failures that open the breaker (`DB_CIRCUIT_BREAKER_FAILURE_THRESHOLD`).
-    /// Defaults to 5.
+    /// Failure events in a row that open the breaker (`DB_CIRCUIT_BREAKER_FAILURE_THRESHOLD`;
+    /// connects that fail together are one event). Defaults to 5.
     pub failure_threshold: u32,
     /// The longest wait between two recovery probes while the breaker is open
     /// (`DB_CIRCUIT_BREAKER_RECOVERY_TIMEOUT`): the pool probes the database in the
     /// background 100 ms after the breaker opens, then after each failed probe waits twice as
-    /// long as before, up to this. So it bounds how late the breaker closes after the
-    /// database is back, for an outage of any length, and the probe rate against a database
-    /// that stays down (one per this period). Defaults to 1 s.
+    /// long as before, up to this. So the breaker closes at most this long (plus the time a
+    /// probe takes) after the database is back, for an outage of any length, and a database
+    /// that stays down is tried once per this period plus a probe's time. Defaults to 1 s.
     pub recovery_timeout: Duration,
     /// Recovery probes in a row that must reach the database to close the breaker
     /// (`DB_CIRCUIT_BREAKER_SUCCESS_THRESHOLD`); after the first, the next runs at once.

@@ -60,8 +60,10 @@ pub enum ConnectFailure {
     /// open (a password rotated under a running pool) it is not counted, and those
     /// connections keep serving.
     Fatal,
-    /// The server is at capacity (PostgreSQL's `too many connections`): not an outage, the
-    /// pool's working connections keep serving; new connects are retried with backoff.
+    /// The server is at capacity (PostgreSQL's `too many connections`): while the pool has
+    /// connections, not an outage (they keep serving, and bb8 retries the connect after a
+    /// growing delay); with none, a failure like any other. A recovery probe refused for
+    /// capacity has reached the database.
     Capacity,
 }
 
@@ -150,11 +152,16 @@ impl<M: ManageConnection> Managed<M> {
     /// A connect failed: counted, its text (passwords hidden) kept as the last error, and
     /// `event` (the failure epoch it started at, and whether it is fatal) reported to the
     /// breaker; `None` for failures that are not the database's (capacity, probes).
-    fn failed(&self, took: Duration, text: &str, event: Option<(u64, bool)>) {
+    fn failed(&self, took: Duration, text: &str, event: Option<(u64, bool)>, probe: bool) {
         let counters = &self.shared.counters;
         counters.create_failures.fetch_add(1, Relaxed);
         let text = self.shared.set_last_error(text);
-        tracing::warn!(pool = %self.shared.name, error = %text, "could not open a database connection");
+        if probe {
+            // One a second while the database is down: the breaker's transitions say it.
+            tracing::debug!(pool = %self.shared.name, error = %text, "recovery probe could not connect");
+        } else {
+            tracing::warn!(pool = %self.shared.name, error = %text, "could not open a database connection");
+        }
         self.shared.emit(&PoolEvent::ConnectionCreated {
             took,
             error: Some(&text),
@@ -171,7 +178,7 @@ impl<M: ManageConnection> Managed<M> {
         &self,
         probe: bool,
     ) -> Result<Tracked<M::Connection>, ConnectError<M::Error>> {
-        if !probe && !self.shared.connect_allowed() {
+        if !probe && !self.shared.connect_allowed() && !self.wait_for_breaker().await {
             return Err(ConnectError::CircuitOpen);
         }
         let epoch = self.shared.failure_epoch();
@@ -208,16 +215,22 @@ impl<M: ManageConnection> Managed<M> {
                 })
             }
             Ok(Err(e)) => {
+                let open = self.shared.counters.open.load(Relaxed);
                 let event = match (self.failure_kind)(&e) {
                     _ if probe => None,
-                    ConnectFailure::Capacity => None,
+                    // Refused for capacity with connections to serve from: not an outage.
+                    // With none, nothing can be served: it counts like any failure, so
+                    // callers are turned away fast instead of each waiting out the checkout
+                    // timeout.
+                    ConnectFailure::Capacity if open > 0 => None,
+                    ConnectFailure::Capacity => Some((epoch, false)),
                     // With connections open (a password rotated under a running pool), those
                     // judge the database: their failures count, this one does not.
-                    ConnectFailure::Fatal if self.shared.counters.open.load(Relaxed) > 0 => None,
+                    ConnectFailure::Fatal if open > 0 => None,
                     ConnectFailure::Fatal => Some((epoch, true)),
                     ConnectFailure::Transient => Some((epoch, false)),
                 };
-                self.failed(took, &(self.describe)(&e), event);
+                self.failed(took, &(self.describe)(&e), event, probe);
                 Err(ConnectError::Backend(e))
             }
             Err(_) => {
@@ -225,24 +238,53 @@ impl<M: ManageConnection> Managed<M> {
                     took,
                     &format!("connect timed out after {}ms", timeout.as_millis()),
                     (!probe).then_some((epoch, false)),
+                    probe,
                 );
                 Err(ConnectError::Timeout(timeout))
             }
         }
     }
 
+    /// A connect asked for while the breaker is open (bb8's own retry, holding a place for a
+    /// checkout that has since been turned away) waits for it to close, at most the connect
+    /// timeout, instead of failing at once: bb8 would then sleep out its backoff, and the
+    /// checkouts that come after the close would wait for it. `true` once connects are
+    /// allowed again.
+    async fn wait_for_breaker(&self) -> bool {
+        let shared = &self.shared;
+        let deadline = tokio::time::Instant::now() + shared.config.connect_timeout;
+        loop {
+            let changed = shared.breaker_changed.notified();
+            if shared.connect_allowed() {
+                return true;
+            }
+            if shared.closing.load(Relaxed)
+                || tokio::time::timeout_at(deadline, changed).await.is_err()
+            {
+                return shared.connect_allowed();
+            }
+        }
+    }
+
     /// A recovery probe: a new connection and a ping on it, each within its timeout, so the
-    /// verdict rests on real I/O with the database. The connection, if it worked.
-    pub(crate) async fn probe(&self) -> Option<Tracked<M::Connection>> {
-        let mut conn = self.open(true).await.ok()?;
+    /// verdict rests on real I/O with the database. Whether it reached the database (a
+    /// server refusing for capacity answered: it is up), and the connection if it worked.
+    pub(crate) async fn probe(&self) -> (bool, Option<Tracked<M::Connection>>) {
+        let mut conn = match self.open(true).await {
+            Ok(conn) => conn,
+            Err(ConnectError::Backend(e)) => {
+                return ((self.failure_kind)(&e) == ConnectFailure::Capacity, None)
+            }
+            Err(_) => return (false, None),
+        };
         let limit = self.shared.config.validation_timeout;
         match tokio::time::timeout(limit, self.inner.is_valid(&mut conn.conn)).await {
-            Ok(Ok(())) => Some(conn),
+            Ok(Ok(())) => (true, Some(conn)),
             Ok(Err(e)) => {
                 let text = self.shared.set_last_error(&(self.describe)(&e));
                 tracing::debug!(pool = %self.shared.name, error = %text, "recovery probe's ping failed");
                 conn.meta.close = Some(CloseReason::Invalid);
-                None
+                (false, None)
             }
             Err(_) => {
                 self.shared.set_last_error(&format!(
@@ -250,7 +292,7 @@ impl<M: ManageConnection> Managed<M> {
                     limit.as_millis()
                 ));
                 conn.meta.close = Some(CloseReason::Invalid);
-                None
+                (false, None)
             }
         }
     }

@@ -44,11 +44,13 @@ pub enum CheckoutError {
         /// cause).
         last_error_age: Option<Duration>,
     },
-    /// The circuit breaker is open: the database is failing, so the pool did not wait.
+    /// The circuit breaker is open (the database is failing, or an operator forced it), so
+    /// the pool did not wait.
     CircuitOpen {
         /// The pool's name.
         pool: Arc<str>,
-        /// When the breaker will admit probes again (use it for `Retry-After`).
+        /// Time until the pool's next recovery probe, at least 100 ms (use it for
+        /// `Retry-After`).
         retry_after: Duration,
         /// The most recent connection error, passwords hidden: why the breaker opened
         /// (`password authentication failed for user "app"`, `Connection refused`).

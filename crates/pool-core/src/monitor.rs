@@ -1,7 +1,7 @@
 //! Background tasks: the utilization and health monitor, the breaker's recovery prober, the
 //! idle reaper and the leak scanner.
 //!
-//! Both hold only weak references and stop when the pool is dropped.
+//! They hold only weak references to the pool between runs and stop when it is dropped.
 
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
@@ -70,19 +70,21 @@ fn spawn_recovery<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
                     continue;
                 }
             };
-            let Some(pool) = pool.upgrade() else {
+            // The probe runs on the manager alone (it holds no reference to the pool, so a
+            // pool dropped meanwhile is freed), in a task of its own: a panic in the driver
+            // is a failed probe, never a breaker left waiting for an outcome.
+            let Some(managed) = pool.upgrade().map(|p| p.managed.clone()) else {
                 break;
             };
-            let conn = pool.managed.probe().await;
-            let reached = conn.is_some();
-            if let Some(conn) = conn {
+            let outcome = tokio::spawn(async move { managed.probe().await }).await;
+            let (reached, conn) = outcome.unwrap_or((false, None));
+            if let (Some(conn), Some(pool)) = (conn, pool.upgrade()) {
                 if let Err(bb8::AddError::NoCapacity(mut conn) | bb8::AddError::Broken(mut conn)) =
                     pool.bb8.add(conn)
                 {
                     conn.meta.close.get_or_insert(CloseReason::Overflow);
                 }
             }
-            drop(pool);
             tracing::debug!(pool = %shared.name, reached, round = probe.round(), "recovery probe");
             shared.probe_done(probe, reached);
         }

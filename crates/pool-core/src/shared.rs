@@ -6,7 +6,7 @@ use std::num::NonZeroU64;
 use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, AtomicU8,
-    Ordering::{AcqRel, Acquire, Relaxed},
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,9 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::breaker::{Admission, BreakerState, CircuitBreaker, Probe, Transition};
+use crate::breaker::{
+    Admission, BreakerState, CircuitBreaker, Probe, Transition, FIRST_PROBE_DELAY,
+};
 use crate::clock::{Clock, Stamp};
 use crate::config::PoolConfig;
 use crate::error::CheckoutError;
@@ -29,6 +31,9 @@ pub(crate) const HYSTERESIS: f64 = 0.05;
 
 /// See [`Shared::cancel`].
 pub(crate) type CancelHook = Arc<dyn Fn(&dyn std::any::Any) + Send + Sync>;
+
+/// Connect failures that end within this of one already counted are the same event.
+pub(crate) const FAILURE_WAVE: Duration = Duration::from_millis(250);
 
 /// See [`Shared::reset`]: a `ResetHooks<C>` for the pool's connection type.
 pub(crate) type ResetHook = Arc<dyn std::any::Any + Send + Sync>;
@@ -49,8 +54,10 @@ pub(crate) struct Shared {
     /// Transitions waiting to be announced, queued under the breaker's lock (so in the order
     /// they happened) and announced outside it by whoever holds `announcing`.
     transitions: Mutex<VecDeque<Transition>>,
-    /// Failure events recorded (see [`Shared::record_failure_since`]).
+    /// Failure events recorded (see [`Shared::record_failure_since`]), and when the last
+    /// connect failure was counted.
     failure_events: AtomicU64,
+    last_failure_event: Mutex<Option<Instant>>,
     announcing: Mutex<()>,
     /// Set by a failed ping, cleared by the next connect attempt: a run of dead pooled
     /// connections (a database restart kills them all at once) counts as one failure; the
@@ -150,6 +157,7 @@ impl Shared {
             breaker_changed: Notify::new(),
             transitions: Mutex::new(VecDeque::new()),
             failure_events: AtomicU64::new(0),
+            last_failure_event: Mutex::new(None),
             announcing: Mutex::new(()),
             validation_failure_counted: AtomicBool::new(false),
             config,
@@ -258,7 +266,8 @@ impl Shared {
                 self.breaker
                     .lock()
                     .next_probe_in(Instant::now().into_std())
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    .max(FIRST_PROBE_DELAY),
             ),
             BreakerState::ForcedOpen => Some(self.config.breaker.recovery_timeout),
             _ => None,
@@ -280,24 +289,28 @@ impl Shared {
         self.failure_events.load(Acquire)
     }
 
-    /// A connect that started at `epoch` failed. It is a new failure event only if no other
-    /// was recorded since it started: attempts that fail together (a wave of parallel connects
-    /// at start-up or in a top-up) are one event, attempts one after another are one each.
-    /// `fatal` (a wrong password, a missing database) opens the breaker at once.
+    /// A connect that started at `epoch` failed. Attempts that fail together (a wave of
+    /// parallel connects at start-up or in a top-up) are one failure event: an attempt
+    /// counts unless another was counted since it started and less than [`FAILURE_WAVE`]
+    /// ago. So attempts one after another count one each, and so do overlapping ones that end
+    /// apart (connects timing out one by one). `fatal` (a wrong password, a missing database)
+    /// always counts and opens the breaker at once.
     pub(crate) fn record_failure_since(&self, epoch: u64, fatal: bool) {
-        if self
-            .failure_events
-            .compare_exchange(epoch, epoch + 1, AcqRel, Relaxed)
-            .is_err()
-        {
-            return;
-        }
-        let now = Instant::now().into_std();
+        let now = Instant::now();
         self.with_breaker(|b| {
+            let mut last = self.last_failure_event.lock();
+            let events = self.failure_events.load(Acquire);
+            let together = events != epoch
+                && last.is_some_and(|at| now.saturating_duration_since(at) < FAILURE_WAVE);
+            if together && !fatal {
+                return None;
+            }
+            self.failure_events.store(events + 1, Release);
+            *last = Some(now);
             if fatal {
-                b.on_fatal_failure(now)
+                b.on_fatal_failure(now.into_std())
             } else {
-                b.on_failure(now)
+                b.on_failure(now.into_std())
             }
         });
     }

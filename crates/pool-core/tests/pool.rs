@@ -596,6 +596,96 @@ async fn connects_that_fail_together_are_one_failure_event() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn connects_that_overlap_but_time_out_apart_each_count() {
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(0)
+        .max_overflow(5)
+        .checkout_timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(1))
+        .breaker(breaker(3))
+        .build(manager)
+        .unwrap();
+    // A host that does not answer: every connect runs into the 1 s connect timeout.
+    state.connect_ms.store(60_000, SeqCst);
+    // Three checkouts 300 ms apart: their connects overlap, but end 300 ms apart.
+    let start = tokio::time::Instant::now();
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        let pool = pool.clone();
+        waiting.push(tokio::spawn(async move { pool.get().await.map(drop) }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for w in waiting {
+        assert!(w.await.unwrap().unwrap_err().is_circuit_open());
+    }
+    // Opened when the third timed out (1.6 s), not a connect timeout per event later.
+    assert_eq!(start.elapsed(), Duration::from_millis(1_600));
+    assert_eq!(pool.stats().breaker.state, BreakerState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_refused_for_capacity_has_reached_the_database() {
+    let (manager, state) = MemManager::new();
+    let recorder = Recorder::new();
+    let pool = builder()
+        .base_size(0)
+        .connect_failures(common::mem_connect_failure)
+        .breaker(breaker(1))
+        .observer(recorder.clone())
+        .build(manager)
+        .unwrap();
+    state.fail_connect.store(true, SeqCst);
+    assert!(pool.get().await.unwrap_err().is_circuit_open());
+    // Back, but full: the server answers, so the breaker closes and checkouts wait for a
+    // connection instead of being turned away.
+    state.fail_connect.store(false, SeqCst);
+    state.at_capacity.store(true, SeqCst);
+    wait_for_state(&recorder, BreakerState::Closed, Duration::from_secs(2)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_connection_a_server_at_capacity_fails_checkouts_fast() {
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(0)
+        .checkout_timeout(Duration::from_secs(30))
+        .connect_failures(common::mem_connect_failure)
+        .breaker(breaker(3))
+        .build(manager)
+        .unwrap();
+    state.at_capacity.store(true, SeqCst);
+    let start = tokio::time::Instant::now();
+    let err = pool.get().await.unwrap_err();
+    assert!(err.is_circuit_open(), "{err}");
+    assert!(err.to_string().contains("too many connections"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "not the checkout timeout"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_panics_is_a_failed_probe_and_probing_goes_on() {
+    let (manager, state) = MemManager::new();
+    let recorder = Recorder::new();
+    let pool = builder()
+        .base_size(0)
+        .breaker(breaker(1))
+        .observer(recorder.clone())
+        .build(manager)
+        .unwrap();
+    state.fail_connect.store(true, SeqCst);
+    assert!(pool.get().await.unwrap_err().is_circuit_open());
+    state.fail_connect.store(false, SeqCst);
+    state.panic_connect.store(true, SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pool.breaker_state(), BreakerState::Open);
+    state.panic_connect.store(false, SeqCst);
+    wait_for_state(&recorder, BreakerState::Closed, Duration::from_secs(2)).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_wrong_password_fails_the_first_checkout_at_once_naming_the_cause() {
     let (manager, state) = MemManager::new();
     let pool = builder()
@@ -1032,10 +1122,10 @@ fn the_published_breaker_state_is_the_real_one_after_racing_transitions() {
         .unwrap();
     for iteration in 0..iterations {
         let recorder = Recorder::new();
-        let pool = {
+        let (pool, state) = {
             let _entered = runtime.enter();
-            let (manager, _state) = MemManager::new();
-            builder()
+            let (manager, state) = MemManager::new();
+            let pool = builder()
                 .base_size(4)
                 .max_overflow(0)
                 .checkout_timeout(Duration::from_millis(200))
@@ -1047,12 +1137,16 @@ fn the_published_breaker_state_is_the_real_one_after_racing_transitions() {
                 })
                 .observer(recorder.clone())
                 .build(manager)
-                .unwrap()
+                .unwrap();
+            (pool, state)
         };
         runtime.block_on(pool.warm_up()).unwrap();
         let held: Vec<_> = (0..3)
             .map(|_| runtime.block_on(pool.get()).unwrap())
             .collect();
+        // Every connect fails from here on, the breaker's background probes included, so
+        // only the threads move the breaker and the state is at rest once they stop.
+        state.fail_connect.store(true, SeqCst);
         std::thread::scope(|scope| {
             for (thread, mut conn) in held.into_iter().enumerate() {
                 let (pool, handle) = (&pool, runtime.handle());
@@ -1066,7 +1160,7 @@ fn the_published_breaker_state_is_the_real_one_after_racing_transitions() {
                             2 => pool.force_open_breaker(),
                             3 => pool.reset_breaker(),
                             4 => pool.disable_breaker(),
-                            // A checkout: admitted (a probe, when half-open) or turned away.
+                            // A checkout: served, turned away, or failing to connect.
                             _ => drop(handle.block_on(pool.get())),
                         }
                     }
@@ -1074,13 +1168,30 @@ fn the_published_breaker_state_is_the_real_one_after_racing_transitions() {
                 });
             }
         });
-        let real = pool.stats().breaker.state;
-        assert_eq!(
-            pool.breaker_state(),
-            real,
-            "iteration {iteration}: checkouts act on a state that is not the breaker's"
-        );
-        let chain = recorder.transitions();
+        // A connect bb8 started for a checkout may still fail after the threads stopped and
+        // move the breaker once more: compare readings taken with no transition between them
+        // (bounded).
+        let mut attempts = 0;
+        let (real, chain) = loop {
+            let before = pool.stats().breaker.state;
+            let published = pool.breaker_state();
+            let chain = recorder.transitions();
+            let after = pool.stats().breaker.state;
+            let settled = before == after && chain.last().map(|t| t.1) == Some(after);
+            if settled || (chain.is_empty() && before == after) {
+                assert_eq!(
+                    published, after,
+                    "iteration {iteration}: checkouts act on a state that is not the breaker's"
+                );
+                break (after, chain);
+            }
+            attempts += 1;
+            assert!(
+                attempts < 1_000,
+                "iteration {iteration}: never at rest: {chain:?}"
+            );
+            std::thread::yield_now();
+        };
         let mut state = BreakerState::Closed;
         for (from, to) in &chain {
             assert_eq!(

@@ -205,9 +205,11 @@ async fn a_stopped_server_opens_the_breaker_after_the_threshold_and_a_restart_cl
     assert!(waited < Duration::from_secs(20), "failed fast: {waited:?}");
     assert!(retry_after <= Duration::from_secs(1));
     let s = pool.stats();
-    assert_eq!(
-        s.connection_failures, 3,
-        "exactly failure_threshold failed connects"
+    // failure_threshold failed connects, one after another, and perhaps the first probe.
+    assert!(
+        (3..=4).contains(&s.connection_failures),
+        "{} failed connects",
+        s.connection_failures
     );
     assert_eq!(s.breaker.state, BreakerState::Open);
     let last = s.last_error.unwrap();

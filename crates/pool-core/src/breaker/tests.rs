@@ -82,8 +82,9 @@ fn open_breaker_rejects_until_the_next_probe_and_ignores_calls() {
     assert_eq!(
         b.admit(t0 + 40 * MS),
         Admission::Rejected {
-            retry_after: 60 * MS
-        }
+            retry_after: FIRST_PROBE_DELAY
+        },
+        "60 ms to the probe, but never less than the first probe's delay"
     );
     assert_eq!(b.rejected(), 1);
     assert_eq!(b.next_probe_in(t0), Some(FIRST_PROBE_DELAY));
@@ -350,10 +351,10 @@ proptest! {
                     let expected = match model {
                         ModelState::Closed { .. } => Admission::Allowed,
                         ModelState::Open { due, .. } => Admission::Rejected {
-                            retry_after: Duration::from_millis(due.saturating_sub(now)),
+                            retry_after: Duration::from_millis(due.saturating_sub(now).max(100)),
                         },
                         ModelState::HalfOpen { .. } => Admission::Rejected {
-                            retry_after: Duration::ZERO,
+                            retry_after: FIRST_PROBE_DELAY,
                         },
                     };
                     prop_assert_eq!(b.admit(at), expected);

@@ -217,6 +217,8 @@ pub struct MemState {
     pub fail_after: AtomicU64,
     /// How long a connect takes, in milliseconds (so that parallel attempts overlap).
     pub connect_ms: AtomicU64,
+    /// Connects panic (a driver bug).
+    pub panic_connect: AtomicBool,
     pub fail_ping: AtomicBool,
     /// Connections numbered up to this one fail their pings (a server restart killed them).
     pub broken_upto: AtomicU64,
@@ -264,6 +266,7 @@ impl pool_core::ManageConnection for MemManager {
         if ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
+        assert!(!self.0.panic_connect.load(SeqCst), "the driver panicked");
         if self.0.fail_connect.load(SeqCst) {
             return Err(MemError("connection refused"));
         }
