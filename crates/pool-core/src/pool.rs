@@ -304,6 +304,7 @@ impl<M: ManageConnection> Pool<M> {
         conn: bb8::PooledConnection<'static, Managed<M>>,
         now: Stamp,
         waited: Duration,
+        // Not queued for a connection (a pre-ping or a reset may still have taken time).
         direct: bool,
         location: &'static Location<'static>,
     ) -> PooledConnection<M> {
@@ -312,6 +313,8 @@ impl<M: ManageConnection> Pool<M> {
         let in_use = counters.count_checkout();
         if !direct {
             counters.checkouts_waited.fetch_add(1, Relaxed);
+        }
+        if !waited.is_zero() {
             counters.record_wait(waited);
         }
         shared.check_rise(in_use);
@@ -347,11 +350,16 @@ impl<M: ManageConnection> Pool<M> {
                 .config
                 .checkout_timeout
                 .saturating_sub(shared.clock.now().saturating_since(start));
+        let mut queued = false;
         let attempt = tokio::time::timeout_at(deadline, async {
             loop {
                 let mut conn = match candidate.take() {
                     Some(conn) => conn,
-                    None => self.next_connection().await?,
+                    None => {
+                        let (conn, waited) = self.next_connection().await?;
+                        queued |= waited;
+                        conn
+                    }
                 };
                 if managed.validate(&mut conn, shared.clock.now()).await {
                     return Ok(conn);
@@ -371,7 +379,7 @@ impl<M: ManageConnection> Pool<M> {
         match result {
             Ok(conn) => {
                 waiting.done();
-                Ok(self.hand_out(conn, now, waited, false, location))
+                Ok(self.hand_out(conn, now, waited, !queued, location))
             }
             Err(error) => {
                 let state = self.inner.bb8.state();
@@ -415,20 +423,30 @@ impl<M: ManageConnection> Pool<M> {
         }
     }
 
-    /// One connection from bb8's queue, unless the breaker opens first.
+    /// One connection from bb8's queue, unless the breaker opens first; `true` with it when
+    /// the checkout had to queue for it (none was idle when it asked).
     async fn next_connection(
         &self,
-    ) -> Result<bb8::PooledConnection<'static, Managed<M>>, Next<M::Error>> {
+    ) -> Result<(bb8::PooledConnection<'static, Managed<M>>, bool), Next<M::Error>> {
         let shared = &self.inner.shared;
         let mut get = pin!(self.inner.bb8.get_owned());
+        let mut queued = false;
         loop {
             let opened = shared.breaker_changed.notified();
             if let Some(retry_after) = shared.open_retry_after() {
                 return Err(Next::Rejected(shared.reject(retry_after)));
             }
+            let now_or_wait = poll_fn(|cx| match get.as_mut().poll(cx) {
+                Poll::Ready(result) => Poll::Ready(Some(result)),
+                Poll::Pending => Poll::Ready(None),
+            });
+            if let Some(result) = now_or_wait.await {
+                return result.map(|conn| (conn, queued)).map_err(Next::Failed);
+            }
+            queued = true;
             tokio::select! {
                 biased;
-                result = &mut get => return result.map_err(Next::Failed),
+                result = &mut get => return result.map(|conn| (conn, true)).map_err(Next::Failed),
                 () = opened => continue,
             }
         }

@@ -45,9 +45,10 @@ pub struct PoolStats {
     pub exhausted: bool,
     /// How many times the pool became exhausted.
     pub exhaustion_episodes: u64,
-    /// Checkouts served without waiting.
+    /// Checkouts served without queueing for a connection (an idle one was there; its
+    /// pre-ping, if due, does not make it a wait).
     pub checkouts_direct: u64,
-    /// Checkouts served after waiting for a connection.
+    /// Checkouts that queued for a connection (none was idle when they asked).
     pub checkouts_waited: u64,
     /// Checkouts that hit the checkout timeout.
     pub checkout_timeouts: u64,

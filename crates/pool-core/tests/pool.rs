@@ -1207,3 +1207,35 @@ fn the_published_breaker_state_is_the_real_one_after_racing_transitions() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn checkouts_that_only_pinged_did_not_wait_and_the_level_falls_as_connections_return() {
+    let (manager, _state) = MemManager::new();
+    let pool = builder().build(manager).unwrap();
+    pool.warm_up().await.unwrap();
+    // Five checkouts 0.7 s apart on an idle pool: each pre-pings (past the 500 ms bypass
+    // window), none queues for a connection.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        drop(pool.get().await.unwrap());
+    }
+    let s = pool.stats();
+    assert_eq!((s.checkouts_direct, s.checkouts_waited), (5, 0));
+
+    // A burst to the maximum: critical; as the connections come back the level falls at
+    // once (the monitor's next tick is an hour away).
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(pool.get().await.unwrap());
+    }
+    assert_eq!(pool.stats().utilization_level, UtilizationLevel::Critical);
+    assert_eq!(
+        pool.stats().checkouts_waited,
+        3,
+        "three queued while bb8 opened them"
+    );
+    held.truncate(4);
+    assert_eq!(pool.stats().utilization_level, UtilizationLevel::Warning);
+    held.clear();
+    assert_eq!(pool.stats().utilization_level, UtilizationLevel::Normal);
+}
