@@ -37,11 +37,12 @@ pub enum CheckoutError {
         waited: Duration,
         /// The pool when it gave up.
         snapshot: PoolSnapshot,
-        /// The most recent connect or ping error, passwords hidden; this is usually the
-        /// reason no connection came.
+        /// The most recent connect or ping error, passwords hidden, if it is recent (at most
+        /// [`RECENT_ERROR`] before the timeout): then it is usually the reason no connection
+        /// came. An older one is left out: it is not the cause of this timeout (a pool
+        /// exhausted by its own load, or by a lock, long after an outage).
         last_error: Option<String>,
-        /// How long before the timeout `last_error` happened (an old one is likely not the
-        /// cause).
+        /// How long before the timeout `last_error` happened.
         last_error_age: Option<Duration>,
     },
     /// The circuit breaker is open (the database is failing, or an operator forced it), so
@@ -143,6 +144,10 @@ impl fmt::Display for CheckoutError {
         }
     }
 }
+
+/// How old a connection error may be and still be offered as the cause of a checkout
+/// timeout.
+pub const RECENT_ERROR: Duration = Duration::from_secs(60);
 
 /// `; last connection error (1.2s ago): …`, when there is one.
 fn write_last_error(

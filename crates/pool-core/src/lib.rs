@@ -27,7 +27,7 @@ pub use builder::PoolBuilder;
 pub use config::{BreakerConfig, ConfigError, ConfigProblem, PoolConfig, Profile};
 pub use connection::{ConnectFailure, PooledConnection, ResetFn};
 pub use env::parse_duration;
-pub use error::{BuildError, CheckoutError, ConnectError, PoolSnapshot, RunError};
+pub use error::{BuildError, CheckoutError, ConnectError, PoolSnapshot, RunError, RECENT_ERROR};
 pub use observer::{CheckoutOutcome, CloseReason, PoolEvent, PoolObserver, UtilizationLevel};
 pub use pool::{Pool, RecycleReport, WeakPool};
 #[cfg(feature = "postgres")]

@@ -397,7 +397,12 @@ impl<M: ManageConnection> Pool<M> {
                     Some(bb8::RunError::User(e)) => {
                         (Some(shared.scrub(&e.to_string())), Some(Duration::ZERO))
                     }
-                    Some(bb8::RunError::TimedOut) | None => shared.last_error_aged(),
+                    Some(bb8::RunError::TimedOut) | None => match shared.last_error_aged() {
+                        (Some(text), Some(age)) if age <= crate::error::RECENT_ERROR => {
+                            (Some(text), Some(age))
+                        }
+                        _ => (None, None),
+                    },
                 };
                 shared.emit(&PoolEvent::Checkout {
                     waited,
@@ -583,6 +588,7 @@ impl<M: ManageConnection> Pool<M> {
         let in_use = state.connections - state.idle_connections;
         let pending = c.pending.load(Relaxed);
         let (breaker_state, failures, transitions, rejected, until) = shared.breaker_snapshot();
+        let (last_error, last_error_age) = shared.last_error_aged();
         let leaks_outstanding = shared.leaks.as_ref().map_or(0, |l| {
             l.entries.lock().values().filter(|e| e.reported).count() as u64
         });
@@ -626,7 +632,8 @@ impl<M: ManageConnection> Pool<M> {
                 rejected,
                 next_probe_in: until,
             },
-            last_error: shared.last_error(),
+            last_error,
+            last_error_age,
             monitor: MonitorStatus::from_u8(shared.monitor_status.load(Relaxed)),
         }
     }

@@ -202,13 +202,6 @@ impl Shared {
         text
     }
 
-    pub(crate) fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .as_ref()
-            .map(|(text, _)| text.clone())
-    }
-
     /// The last connection error and how long ago it happened.
     pub(crate) fn last_error_aged(&self) -> (Option<String>, Option<Duration>) {
         match &*self.last_error.lock() {

@@ -12,7 +12,7 @@ use crate::observer::{CloseReason, UtilizationLevel};
 ///
 /// Gauges (`size`, `in_use`, `idle`) come from one read of the pool's own state, so
 /// `size == in_use + idle` always holds. Counters only grow. With the `serde` feature the
-/// snapshot serializes to JSON (durations as seconds).
+/// snapshot serializes to JSON (every duration in seconds, its name ending in `_seconds`).
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
@@ -54,11 +54,19 @@ pub struct PoolStats {
     pub checkout_timeouts: u64,
     /// Checkouts turned away by the circuit breaker.
     pub checkouts_rejected: u64,
-    /// Total time checkouts spent waiting, in seconds.
-    #[cfg_attr(feature = "serde", serde(serialize_with = "secs"))]
+    /// Total time checkouts spent waiting for a usable connection (`wait_time_total_seconds`
+    /// in JSON).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "wait_time_total_seconds", serialize_with = "secs")
+    )]
     pub wait_time_total: Duration,
-    /// The longest wait in the current and the previous monitor interval, in seconds.
-    #[cfg_attr(feature = "serde", serde(serialize_with = "secs"))]
+    /// The longest wait in the current and the previous monitor interval
+    /// (`wait_time_max_recent_seconds` in JSON).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "wait_time_max_recent_seconds", serialize_with = "secs")
+    )]
     pub wait_time_max_recent: Duration,
     /// Connections opened.
     pub connections_created: u64,
@@ -82,6 +90,12 @@ pub struct PoolStats {
     pub breaker: BreakerStats,
     /// The last connect or ping error, passwords hidden.
     pub last_error: Option<String>,
+    /// How long ago `last_error` happened (`last_error_age_seconds` in JSON).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "last_error_age_seconds", serialize_with = "opt_secs")
+    )]
+    pub last_error_age: Option<Duration>,
     /// The background monitor task.
     pub monitor: MonitorStatus,
 }
@@ -139,9 +153,12 @@ pub struct BreakerStats {
     pub opened: u64,
     /// Calls turned away.
     pub rejected: u64,
-    /// Time until the next background recovery probe, in seconds (zero while one runs);
-    /// `None` unless open or half-open.
-    #[cfg_attr(feature = "serde", serde(serialize_with = "opt_secs"))]
+    /// Time until the next background recovery probe (zero while one runs); `None` unless
+    /// open or half-open (`next_probe_in_seconds` in JSON).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "next_probe_in_seconds", serialize_with = "opt_secs")
+    )]
     pub next_probe_in: Option<Duration>,
 }
 

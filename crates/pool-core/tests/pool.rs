@@ -1056,7 +1056,14 @@ async fn stats_serialize_to_json_with_every_field() {
     assert_eq!(json["breaker"]["state"], "closed");
     assert_eq!(json["monitor"], "running");
     assert_eq!(json["utilization_level"], "normal");
-    assert!(json["wait_time_total"].is_f64());
+    assert!(json["wait_time_total_seconds"].is_f64());
+    assert!(json["wait_time_max_recent_seconds"].is_f64());
+    assert!(json["breaker"]["next_probe_in_seconds"].is_null());
+    assert!(json["last_error_age_seconds"].is_null());
+    // Every duration names its unit.
+    for key in ["wait_time_total", "wait_time_max_recent", "last_error_age"] {
+        assert!(json.get(key).is_none(), "{key} without its unit");
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -1238,4 +1245,46 @@ async fn checkouts_that_only_pinged_did_not_wait_and_the_level_falls_as_connecti
     assert_eq!(pool.stats().utilization_level, UtilizationLevel::Warning);
     held.clear();
     assert_eq!(pool.stats().utilization_level, UtilizationLevel::Normal);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_long_after_an_outage_does_not_blame_the_old_connection_error() {
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(0)
+        .checkout_timeout(Duration::from_millis(500))
+        .breaker(breaker(5))
+        .build(manager)
+        .unwrap();
+    // One failed connect, then the database is fine.
+    state.fail_connect.store(true, SeqCst);
+    assert!(pool.warm_up().await.is_err());
+    state.fail_connect.store(false, SeqCst);
+    pool.warm_up().await.unwrap();
+    let held = pool.get().await.unwrap();
+    // Exhausted by its own load 10 s later: the error is recent, so it is offered.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let CheckoutError::Timeout { last_error, .. } = pool.get().await.unwrap_err() else {
+        panic!("expected a timeout")
+    };
+    assert!(last_error.is_some());
+    // Two minutes later it is not the cause of anything.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let err = pool.get().await.unwrap_err();
+    let CheckoutError::Timeout {
+        last_error,
+        last_error_age,
+        ..
+    } = &err
+    else {
+        panic!("expected a timeout")
+    };
+    assert_eq!((last_error, last_error_age), (&None, &None), "{err}");
+    assert!(!err.to_string().contains("last connection error"), "{err}");
+    // The stats still say what happened, and when.
+    let s = pool.stats();
+    assert!(s.last_error.is_some());
+    assert!(s.last_error_age.unwrap() > Duration::from_secs(120));
+    drop(held);
 }

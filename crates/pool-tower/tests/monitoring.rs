@@ -275,5 +275,10 @@ async fn a_saturated_pool_and_an_open_breaker_each_get_their_recommendation() {
     assert_eq!(breakers["breakers"][1]["state"], "open");
     assert_eq!(breakers["breakers"][1]["pool"], "failing");
     // Zero while a probe is due or running.
-    assert!(breakers["breakers"][1]["next_probe_in"].as_f64().unwrap() >= 0.0);
+    assert!(
+        breakers["breakers"][1]["next_probe_in_seconds"]
+            .as_f64()
+            .unwrap()
+            >= 0.0
+    );
 }

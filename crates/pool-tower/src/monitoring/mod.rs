@@ -220,7 +220,7 @@ fn breaker_report(stats: &[PoolStats]) -> serde_json::Value {
                 "transitions": s.breaker.transitions,
                 "opened": s.breaker.opened,
                 "rejected": s.breaker.rejected,
-                "next_probe_in": s.breaker.next_probe_in.map(|d| d.as_secs_f64()),
+                "next_probe_in_seconds": s.breaker.next_probe_in.map(|d| d.as_secs_f64()),
                 "last_error": s.last_error,
             })
         })

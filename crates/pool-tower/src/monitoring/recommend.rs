@@ -127,7 +127,7 @@ pub fn recommendations(s: &PoolStats) -> Vec<Recommendation> {
             ),
             evidence: json!({
                 "checkout_timeouts": s.checkout_timeouts,
-                "wait_time_max_recent": s.wait_time_max_recent.as_secs_f64(),
+                "wait_time_max_recent_seconds": s.wait_time_max_recent.as_secs_f64(),
                 "max_size": s.max_size,
             }),
         });
