@@ -344,7 +344,7 @@ async fn telemetry_pipeline() {
     })
     .await;
     let open_now = format!(
-        r#"db_client_connection_pool_breaker_state{{{sel}, db_client_connection_pool_breaker_state="open"}}"#
+        r#"db_client_connection_pool_breaker_status{{{sel}, db_client_connection_pool_breaker_state="open"}}"#
     );
     eventually(
         Duration::from_secs(30),
@@ -388,7 +388,7 @@ async fn telemetry_pipeline() {
         stats["checkouts_direct"].as_u64().unwrap() + stats["checkouts_waited"].as_u64().unwrap();
     let rejected = stats["checkouts_rejected"].as_u64().unwrap();
     let expr = format!(
-        r#"db_client_connection_wait_time_seconds_count{{{sel}}} and on (job) db_client_connection_pool_breaker_state{{{sel}, db_client_connection_pool_breaker_state="closed"}} == 1"#
+        r#"db_client_connection_wait_time_seconds_count{{{sel}}} and on (job) db_client_connection_pool_breaker_status{{{sel}, db_client_connection_pool_breaker_state="closed"}} == 1"#
     );
     eventually(Duration::from_secs(60), "Prometheus to catch up", || {
         let expr = expr.clone();
@@ -463,7 +463,7 @@ async fn telemetry_pipeline() {
     );
     assert_eq!(
         scalar(&format!(
-            r#"db_client_connection_pool_breaker_state{{{sel}, db_client_connection_pool_breaker_state="closed"}}"#
+            r#"db_client_connection_pool_breaker_status{{{sel}, db_client_connection_pool_breaker_state="closed"}}"#
         ))
         .await,
         1.0
@@ -481,7 +481,7 @@ async fn telemetry_pipeline() {
         .as_secs()
         + 1;
     let open = format!(
-        r#"db_client_connection_pool_breaker_state{{{sel}, db_client_connection_pool_breaker_state="open"}}"#
+        r#"db_client_connection_pool_breaker_status{{{sel}, db_client_connection_pool_breaker_state="open"}}"#
     );
     let range = prom(&format!(
         "/api/v1/query_range?query={}&start={}&end={}&step=1",

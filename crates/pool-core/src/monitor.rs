@@ -79,10 +79,14 @@ fn spawn_recovery<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
             let outcome = tokio::spawn(async move { managed.probe().await }).await;
             let (reached, conn) = outcome.unwrap_or((false, None));
             if let (Some(conn), Some(pool)) = (conn, pool.upgrade()) {
-                if let Err(bb8::AddError::NoCapacity(mut conn) | bb8::AddError::Broken(mut conn)) =
-                    pool.bb8.add(conn)
-                {
-                    conn.meta.close.get_or_insert(CloseReason::Overflow);
+                match pool.bb8.add(conn) {
+                    Ok(()) => {}
+                    Err(bb8::AddError::NoCapacity(mut conn)) => {
+                        conn.meta.close.get_or_insert(CloseReason::Overflow);
+                    }
+                    Err(bb8::AddError::Broken(mut conn)) => {
+                        conn.meta.close.get_or_insert(CloseReason::Broken);
+                    }
                 }
             }
             tracing::debug!(pool = %shared.name, reached, round = probe.round(), "recovery probe");

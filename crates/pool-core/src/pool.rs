@@ -113,11 +113,14 @@ impl<M: ManageConnection> PoolInner<M> {
             match joined {
                 Ok(Ok(conn)) => {
                     // Load filled the pool meanwhile: this one is surplus.
-                    if let Err(
-                        bb8::AddError::NoCapacity(mut conn) | bb8::AddError::Broken(mut conn),
-                    ) = self.bb8.add(conn)
-                    {
-                        conn.meta.close.get_or_insert(CloseReason::Overflow);
+                    match self.bb8.add(conn) {
+                        Ok(()) => {}
+                        Err(bb8::AddError::NoCapacity(mut conn)) => {
+                            conn.meta.close.get_or_insert(CloseReason::Overflow);
+                        }
+                        Err(bb8::AddError::Broken(mut conn)) => {
+                            conn.meta.close.get_or_insert(CloseReason::Broken);
+                        }
                     }
                 }
                 Ok(Err(e)) => {
@@ -587,7 +590,10 @@ impl<M: ManageConnection> Pool<M> {
         let max = config.max_size();
         let in_use = state.connections - state.idle_connections;
         let pending = c.pending.load(Relaxed);
-        let (breaker_state, failures, transitions, rejected, until) = shared.breaker_snapshot();
+        let (breaker_state, failures, transitions, _, until) = shared.breaker_snapshot();
+        // One count of rejections, the same here, in the breaker's report and in the metric:
+        // checkouts turned away at admission and waiting ones failed when it opened.
+        let rejected = c.rejected.load(Relaxed);
         let (last_error, last_error_age) = shared.last_error_aged();
         let leaks_outstanding = shared.leaks.as_ref().map_or(0, |l| {
             l.entries.lock().values().filter(|e| e.reported).count() as u64
@@ -613,7 +619,7 @@ impl<M: ManageConnection> Pool<M> {
                 .saturating_sub(c.checkouts_waited.load(Relaxed)),
             checkouts_waited: c.checkouts_waited.load(Relaxed),
             checkout_timeouts: c.timeouts.load(Relaxed),
-            checkouts_rejected: c.rejected.load(Relaxed),
+            checkouts_rejected: rejected,
             wait_time_total: Duration::from_micros(c.wait_total_us.load(Relaxed)),
             wait_time_max_recent: c.wait_max_recent(),
             connections_created: c.created.load(Relaxed),

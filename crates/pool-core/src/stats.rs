@@ -151,7 +151,8 @@ pub struct BreakerStats {
     pub transitions: u64,
     /// How many times it opened (from closed or half-open).
     pub opened: u64,
-    /// Calls turned away.
+    /// Checkouts turned away: at once, or while waiting when it opened. The same count as
+    /// [`PoolStats::checkouts_rejected`] and the rejection metric.
     pub rejected: u64,
     /// Time until the next background recovery probe (zero while one runs); `None` unless
     /// open or half-open (`next_probe_in_seconds` in JSON).

@@ -482,6 +482,7 @@ async fn the_breaker_opens_after_the_threshold_and_waiting_checkouts_fail_fast()
     let s = pool.stats();
     assert!(s.idle >= 1 && s.size == s.idle, "{s:?}");
     assert_eq!(s.checkouts_rejected, 2);
+    assert_eq!(s.breaker.rejected, 2, "one count of rejections");
     drop(pool.get().await.unwrap());
 }
 

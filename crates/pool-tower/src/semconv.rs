@@ -37,8 +37,10 @@ pub const POOL_LEAKS: &str = "db.client.connection.pool.leaks";
 /// Idle health probes, by [`HEALTH_CHECK_RESULT`]. Counter, `{check}`.
 pub const POOL_HEALTH_CHECKS: &str = "db.client.connection.pool.health_checks";
 /// The breaker's state: 1 for the current state, 0 for the others, by [`BREAKER_STATE`].
-/// Observable gauge, `{state}`.
-pub const BREAKER_STATE_METRIC: &str = "db.client.connection.pool.breaker.state";
+/// Observable gauge, `{state}`. Named `…breaker.status` so that the metric and its
+/// attribute (`…breaker.state`) differ (in Prometheus: `db_client_connection_pool_breaker_status`
+/// with the label `db_client_connection_pool_breaker_state`).
+pub const BREAKER_STATE_METRIC: &str = "db.client.connection.pool.breaker.status";
 /// Breaker transitions, by [`BREAKER_FROM`] and [`BREAKER_TO`]. Counter, `{transition}`.
 pub const BREAKER_TRANSITIONS: &str = "db.client.connection.pool.breaker.transitions";
 /// Checkouts turned away by an open breaker. Counter, `{request}`.
