@@ -710,19 +710,10 @@ async fn a_wrong_password_fails_the_first_checkout_at_once_naming_the_cause() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_password_rotated_under_a_running_pool_leaves_its_connections_serving() {
-    let (manager, state) = MemManager::new();
-    let pool = builder()
-        .base_size(1)
-        .max_overflow(3)
-        .connect_failures(common::mem_connect_failure)
-        .breaker(breaker(2))
-        .build(manager)
-        .unwrap();
-    pool.warm_up().await.unwrap();
-    state.wrong_password.store(true, SeqCst);
-    let requests: Vec<_> = (0..4)
+/// `requests` checkouts at once, each holding its connection for 100 ms; every one must be
+/// served.
+async fn take_turns(pool: &Pool<MemManager>, requests: usize) {
+    let requests: Vec<_> = (0..requests)
         .map(|_| {
             let pool = pool.clone();
             tokio::spawn(async move {
@@ -736,6 +727,21 @@ async fn a_password_rotated_under_a_running_pool_leaves_its_connections_serving(
     for r in requests {
         r.await.unwrap().unwrap();
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_password_rotated_under_a_running_pool_leaves_its_connections_serving() {
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(3)
+        .connect_failures(common::mem_connect_failure)
+        .breaker(breaker(2))
+        .build(manager)
+        .unwrap();
+    pool.warm_up().await.unwrap();
+    state.wrong_password.store(true, SeqCst);
+    take_turns(&pool, 4).await;
     let s = pool.stats();
     assert!(s.connection_failures > 0, "the pool did try to grow");
     assert_eq!(s.breaker.state, BreakerState::Closed);
@@ -760,20 +766,7 @@ async fn a_server_at_capacity_is_not_an_outage_the_working_connection_serves_eve
     // Eight requests at once, each holding the one connection for 100 ms: the pool tries to
     // grow, the server refuses for capacity, and the requests take turns on the one
     // connection instead of being turned away.
-    let requests: Vec<_> = (0..8)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                let conn = pool.get().await?;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                drop(conn);
-                Ok::<_, CheckoutError>(())
-            })
-        })
-        .collect();
-    for r in requests {
-        r.await.unwrap().unwrap();
-    }
+    take_turns(&pool, 8).await;
     let s = pool.stats();
     assert!(s.connection_failures > 0, "the pool did try to grow");
     assert_eq!(s.breaker.state, BreakerState::Closed);

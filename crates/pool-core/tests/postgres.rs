@@ -525,6 +525,26 @@ async fn run_reports_query_errors_without_tripping_the_breaker() {
     assert_eq!(n, 7);
 }
 
+/// An observer connection (not through the pool), an empty table `table (id int)`, and a
+/// warmed-up pool of one connection, so that every borrower gets the same session.
+async fn one_session(url: &str, table: &str) -> (tokio_postgres::Client, PostgresPool) {
+    let (observer, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    observer
+        .batch_execute(&format!(
+            "drop table if exists {table}; create table {table} (id int)"
+        ))
+        .await
+        .unwrap();
+    let pool = pool_with(url, |c| PoolConfig {
+        base_size: 1,
+        max_overflow: 0,
+        ..c
+    });
+    pool.warm_up().await.unwrap();
+    (observer, pool)
+}
+
 /// `true` when the session runs outside a transaction block: a `SAVEPOINT` is refused there
 /// with SQLSTATE 25P01 (in an open block it succeeds; in a failed one it fails with 25P02).
 async fn outside_a_transaction(conn: &tokio_postgres::Client) -> bool {
@@ -554,21 +574,7 @@ async fn a_connection_returned_inside_a_transaction_is_rolled_back_before_the_ne
     ) else {
         return;
     };
-    let (observer, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    observer
-        .batch_execute(
-            "drop table if exists reset_on_return; create table reset_on_return (id int)",
-        )
-        .await
-        .unwrap();
-    // One connection, so every borrower gets the same session.
-    let pool = pool_with(&url, |c| PoolConfig {
-        base_size: 1,
-        max_overflow: 0,
-        ..c
-    });
-    pool.warm_up().await.unwrap();
+    let (observer, pool) = one_session(&url, "reset_on_return").await;
 
     // A: BEGIN and an INSERT, returned without COMMIT.
     let a = pool.get().await.unwrap();
@@ -707,18 +713,7 @@ async fn a_clean_return_costs_no_round_trip_and_a_copy_leaves_the_session_clean(
     else {
         return;
     };
-    let (observer, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    observer
-        .batch_execute("drop table if exists reset_copy; create table reset_copy (id int)")
-        .await
-        .unwrap();
-    let pool = pool_with(&url, |c| PoolConfig {
-        base_size: 1,
-        max_overflow: 0,
-        ..c
-    });
-    pool.warm_up().await.unwrap();
+    let (observer, pool) = one_session(&url, "reset_copy").await;
     let pid = backend_pid(&pool.get().await.unwrap()).await;
     let mut previous = "select pg_backend_pid()".to_owned();
     let mut asked_the_server = 0;
@@ -790,18 +785,7 @@ async fn a_query_queued_by_a_dropped_future_is_rolled_back_before_the_next_borro
     else {
         return;
     };
-    let (observer, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    observer
-        .batch_execute("drop table if exists reset_queued; create table reset_queued (id int)")
-        .await
-        .unwrap();
-    let pool = pool_with(&url, |c| PoolConfig {
-        base_size: 1,
-        max_overflow: 0,
-        ..c
-    });
-    pool.warm_up().await.unwrap();
+    let (observer, pool) = one_session(&url, "reset_queued").await;
     let conn = pool.get().await.unwrap();
     let pid = backend_pid(&conn).await;
     // Polled once (the driver queues the request), then dropped: on this single-threaded
