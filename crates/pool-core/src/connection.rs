@@ -612,7 +612,6 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
         // opens and closes a connection per request under steady load above the base.
         if reset.is_none() {
             counters.count_return();
-            shared.check_fall();
         }
         if let (Some(id), Some(leaks)) = (leak_id, &shared.leaks) {
             let entry = leaks.entries.lock().remove(&id);
@@ -660,7 +659,6 @@ impl<M: ManageConnection> PooledConnection<M> {
             let outcome = tokio::time::timeout(limit, reset(&mut conn.conn)).await;
             finish_reset(&shared, &mut conn, outcome);
             shared.counters.count_return();
-            shared.check_fall();
             drop(conn);
         });
     }

@@ -484,27 +484,6 @@ impl Shared {
         }
     }
 
-    /// After a return: the level falls as soon as utilization is below its band (with the
-    /// same hysteresis as it rose), not at the next monitor tick. One load when at `normal`.
-    #[inline]
-    pub(crate) fn check_fall(&self) {
-        if self.level.load(Relaxed) == UtilizationLevel::Normal as u8 {
-            return;
-        }
-        self.check_fall_slow();
-    }
-
-    #[cold]
-    fn check_fall_slow(&self) {
-        let max = self.config.max_size().max(1);
-        let utilization = self.counters.in_use() as f64 / f64::from(max);
-        let current = self.level();
-        let next = self.level_for(utilization, current);
-        if next < current {
-            self.set_level(current, next, utilization);
-        }
-    }
-
     pub(crate) fn set_level(&self, from: UtilizationLevel, to: UtilizationLevel, utilization: f64) {
         if self
             .level
