@@ -5,13 +5,14 @@
 //! idle, `T` in a transaction block, `E` in a failed one. tokio-postgres reads that byte and
 //! drops it, so the pool reads it itself: [`Wire`] sits between the driver and its stream,
 //! frames the bytes passing each way (five-byte headers, no copying and no decoding of
-//! payloads) and publishes, in a [`WireState`], how many requests were sent, how many were
-//! answered and the last status. On return a connection is clean when every request was
-//! answered and the last answer said `I`.
+//! payloads) and publishes, in a [`WireState`], the requests sent (and the last that runs
+//! something), the answers received and the last status. On return a connection is clean
+//! when every request that runs something was answered and the last answer said `I`.
 //!
 //! Under TLS the socket carries ciphertext, so the watching moves up a layer: the socket's
 //! watcher sees the `SSLRequest`, and when the server accepts it (`S`) it stops, and the
 //! watcher around the TLS stream (see [`TrackTls`]) takes over from the start-up message.
+//! With `sslnegotiation=direct` there is no `SSLRequest`: the socket is not watched at all.
 
 use std::io;
 use std::pin::Pin;
