@@ -69,7 +69,7 @@ async fn write(db: Db<Pg>, Path(id): Path<i64>) -> Result<&'static str, DbError>
         "begin; insert into fault_acks (id) values ({id}); commit"
     ))
     .await
-    .map_err(|_| DbError::Query)?;
+    .map_err(DbError::query)?;
     Ok("ok")
 }
 
@@ -77,7 +77,7 @@ async fn slow(db: Db<Pg>, Path(ms): Path<i64>) -> Result<&'static str, DbError> 
     let conn = db.conn().await?;
     conn.execute("select pg_sleep($1::float8 / 1000)", &[&(ms as f64)])
         .await
-        .map_err(|_| DbError::Query)?;
+        .map_err(DbError::query)?;
     Ok("ok")
 }
 
@@ -86,7 +86,7 @@ async fn leave_open(db: Db<Pg>, Path(id): Path<i64>) -> Result<&'static str, DbE
     let conn = db.conn().await?;
     conn.batch_execute(&format!("begin; insert into fault_acks (id) values ({id})"))
         .await
-        .map_err(|_| DbError::Query)?;
+        .map_err(DbError::query)?;
     Ok("left open")
 }
 

@@ -40,7 +40,7 @@ use crate::semconv;
 ///     let n: i64 = conn
 ///         .query_one("select count(*) from orders", &[])
 ///         .await
-///         .map_err(|_| DbError::Query)?
+///         .map_err(DbError::query)?
 ///         .get(0);
 ///     Ok(n.to_string())
 /// }
@@ -430,8 +430,16 @@ pub enum DbError {
     RequestFinished,
     /// The layer is missing: no [`Db`] in the request's extensions.
     MissingLayer,
-    /// A query failed (for handlers that want a quick `?`; answers 500).
-    Query,
+    /// A query failed, with the driver's error (answers 500; the error is logged, not sent
+    /// to the client). Made by [`DbError::query`]: `.map_err(DbError::query)?`.
+    Query(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl DbError {
+    /// A failed query, keeping its cause: `conn.execute(…).await.map_err(DbError::query)?`.
+    pub fn query(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> DbError {
+        DbError::Query(error.into())
+    }
 }
 
 impl From<CheckoutError> for DbError {
@@ -450,7 +458,7 @@ impl fmt::Display for DbError {
             DbError::MissingLayer => f.write_str(
                 "no database connection in the request: is the PoolLayer installed on this route?",
             ),
-            DbError::Query => f.write_str("a database query failed"),
+            DbError::Query(e) => write!(f, "a database query failed: {e}"),
         }
     }
 }
@@ -459,6 +467,7 @@ impl std::error::Error for DbError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             DbError::Unavailable(e) => Some(e),
+            DbError::Query(e) => Some(&**e),
             _ => None,
         }
     }
@@ -492,7 +501,7 @@ mod axum_impl {
         fn into_response(self) -> Response {
             match self {
                 DbError::Unavailable(e) => JsonRejection.rejection(&e),
-                DbError::RequestFinished | DbError::MissingLayer | DbError::Query => {
+                DbError::RequestFinished | DbError::MissingLayer | DbError::Query(_) => {
                     tracing::error!(error = %self, "database handle misuse or query failure");
                     StatusCode::INTERNAL_SERVER_ERROR.into_response()
                 }

@@ -33,7 +33,7 @@ pub enum Mode {
 ///
 /// async fn now(db: Db<PostgresManager<NoTls>>) -> Result<String, DbError> {
 ///     let conn = db.conn().await?;
-///     let row = conn.query_one("select now()::text", &[]).await.map_err(|_| DbError::Query)?;
+///     let row = conn.query_one("select now()::text", &[]).await.map_err(DbError::query)?;
 ///     Ok(row.get(0))
 /// }
 ///

@@ -20,7 +20,7 @@ async fn answer(db: Db<Pg>) -> Result<String, DbError> {
     let row = conn
         .query_one("select 40 + 2", &[])
         .await
-        .map_err(|_| DbError::Query)?;
+        .map_err(DbError::query)?;
     Ok(row.get::<_, i32>(0).to_string())
 }
 
@@ -102,7 +102,7 @@ async fn hung(db: Db<Pg>) -> Result<String, DbError> {
     let conn = db.conn().await?;
     conn.simple_query("select pg_sleep(30)")
         .await
-        .map_err(|_| DbError::Query)?;
+        .map_err(DbError::query)?;
     Ok("slept".into())
 }
 
@@ -224,4 +224,23 @@ async fn tonic_answers_unavailable_while_the_breaker_is_open() {
     }
     assert_eq!(pool.breaker_state(), BreakerState::Open);
     assert_eq!(pool.stats().checkouts_rejected, 2);
+}
+
+#[test]
+fn a_query_error_keeps_its_cause_for_the_log_but_not_for_the_client() {
+    let e = DbError::query(std::io::Error::other(
+        "duplicate key value violates unique constraint \"notes_pkey\"",
+    ));
+    assert_eq!(
+        e.to_string(),
+        "a database query failed: duplicate key value violates unique constraint \"notes_pkey\""
+    );
+    let source = std::error::Error::source(&e).expect("the driver's error is the source");
+    assert!(source.to_string().contains("notes_pkey"));
+    let response = axum::response::IntoResponse::into_response(e);
+    assert_eq!(response.status(), 500);
+    assert!(response
+        .headers()
+        .get("content-length")
+        .is_none_or(|v| v == "0"));
 }
