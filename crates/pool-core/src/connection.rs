@@ -595,9 +595,11 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
         // worth the round trip.
         let reset = match ResetHooks::<M::Connection>::of(&guard.meta.shared) {
             Some(hooks)
-                if guard.meta.close.is_none()
-                    && guard.meta.retire_reason(now).is_none()
-                    && (hooks.on_return)(&guard.conn) =>
+                // The session check first: a few atomics, and almost always clean, so the
+                // lifetime check (bb8's `has_broken` makes it again) is seldom repeated.
+                if (hooks.on_return)(&guard.conn)
+                    && guard.meta.close.is_none()
+                    && guard.meta.retire_reason(now).is_none() =>
             {
                 Some(hooks.reset)
             }

@@ -138,21 +138,6 @@ impl PostgresConnection {
             peer: self.peer.clone(),
         }
     }
-
-    /// Asks the server to cancel what this connection is running, on a connection of its
-    /// own to the same address, with `tls`; the future is `'static` so it can be spawned.
-    pub fn cancel_query<Tls>(
-        &self,
-        tls: Tls,
-    ) -> impl Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static
-    where
-        Tls: MakeTlsConnect<PgSocket> + Send + 'static,
-        Tls::Stream: Send,
-        Tls::TlsConnect: Send,
-        <Tls::TlsConnect as TlsConnect<PgSocket>>::Future: Send,
-    {
-        self.cancel_token().cancel_query(tls)
-    }
 }
 
 /// Cancels what a [`PostgresConnection`] runs, over a connection of its own to the same

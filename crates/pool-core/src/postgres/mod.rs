@@ -210,7 +210,7 @@ where
             .cancel_with(move |conn: &PostgresConnection| {
                 // A cancel request on a connection of its own, bounded like a connect: the
                 // server would otherwise run the abandoned query to its end.
-                let cancel = conn.cancel_query(cancel_tls.clone());
+                let cancel = conn.cancel_token().cancel_query(cancel_tls.clone());
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn(async move {
                         let _ = tokio::time::timeout(limit, cancel).await;
@@ -229,12 +229,17 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_malformed_url_names_the_problem_without_the_password() {
-        let rt = tokio::runtime::Builder::new_current_thread()
+    /// Building a pool needs a runtime to start its background tasks in.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn a_malformed_url_names_the_problem_without_the_password() {
+        let rt = runtime();
         let _guard = rt.enter();
         let err = PoolBuilder::postgres()
             .database_url("postgres://u:sekrit@host:notaport/db")
@@ -247,10 +252,7 @@ mod tests {
 
     #[test]
     fn a_sqlite_url_is_refused_by_the_postgres_builder() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _guard = rt.enter();
         let err = PoolBuilder::postgres()
             .database_url("sqlite::memory:")
