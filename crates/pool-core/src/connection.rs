@@ -631,9 +631,7 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
                 });
             }
         }
-        if counters.exhausted.load(Relaxed) != 0 && counters.pending.load(Relaxed) == 0 {
-            counters.exhausted.store(0, Relaxed);
-        }
+        shared.exhaustion_may_end();
         if shared.has_observers() {
             shared.emit(&PoolEvent::Returned { held });
         }

@@ -32,6 +32,7 @@ pub use observer::{CheckoutOutcome, CloseReason, PoolEvent, PoolObserver, Utiliz
 pub use pool::{Pool, RecycleReport, WeakPool};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresPool;
+pub use shared::LEVEL_WINDOW;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqlitePool;
 pub use stats::{BreakerStats, ClosedConnections, MonitorStatus, PoolStats};

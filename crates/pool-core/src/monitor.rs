@@ -11,12 +11,13 @@ use std::time::Duration;
 use bb8::ManageConnection;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
-use crate::observer::{CloseReason, PoolEvent};
+use crate::observer::{CloseReason, PoolEvent, UtilizationLevel};
 use crate::pool::PoolInner;
-use crate::shared::Shared;
+use crate::shared::{Shared, LEVEL_WINDOW};
 
 pub(crate) fn spawn<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
     spawn_recovery(inner);
+    spawn_level_watch(inner);
     every(
         inner.shared.config.health_interval,
         Arc::downgrade(inner),
@@ -95,6 +96,31 @@ fn spawn_recovery<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
     });
 }
 
+/// The utilization level's fall: checkouts raise the level the moment it rises; this task,
+/// woken by a rise, looks every [`LEVEL_WINDOW`] while the level is above normal and lowers
+/// it to the level of the highest utilization seen since its last look. So the level falls
+/// one to two windows after utilization does, and a pool that keeps reaching a level keeps
+/// it.
+fn spawn_level_watch<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
+    let pool = Arc::downgrade(inner);
+    let shared = inner.shared.clone();
+    tokio::spawn(async move {
+        loop {
+            if shared.closing.load(Relaxed) || pool.strong_count() == 0 {
+                break;
+            }
+            if shared.level() == UtilizationLevel::Normal {
+                // A rise in between leaves a permit: the wait ends at once.
+                let _ =
+                    tokio::time::timeout(RECOVERY_IDLE_CHECK, shared.level_raised.notified()).await;
+                continue;
+            }
+            tokio::time::sleep(LEVEL_WINDOW).await;
+            shared.level_look();
+        }
+    });
+}
+
 /// Runs `each` every `period`, the first time one period from now, while `target` is alive
 /// and `each` returns `true`. Holds only a weak reference between runs.
 fn every<T, F, Fut>(period: Duration, target: Weak<T>, each: F)
@@ -143,8 +169,7 @@ fn reap<M: ManageConnection>(pool: &Arc<PoolInner<M>>, idle_timeout: Duration) {
 }
 
 /// One monitor tick: idle connections past their lifetime closed (when no reaper walks the
-/// queue more often), utilization level (with hysteresis), a health probe when the pool is
-/// idle, and the base topped up.
+/// queue more often), a health probe when the pool is idle, and the base topped up.
 async fn tick<M: ManageConnection>(pool: &PoolInner<M>) {
     let shared = &pool.shared;
     shared.counters.roll_wait_window();
@@ -154,12 +179,6 @@ async fn tick<M: ManageConnection>(pool: &PoolInner<M>) {
     }
     let state = pool.bb8.state();
     let in_use = state.connections - state.idle_connections;
-    let utilization = f64::from(in_use) / f64::from(shared.config.max_size().max(1));
-    let current = shared.level();
-    let next = shared.level_for(utilization, current);
-    if next != current {
-        shared.set_level(current, next, utilization);
-    }
     let idle_pool =
         in_use == 0 && state.idle_connections > 0 && shared.counters.pending.load(Relaxed) == 0;
     if idle_pool && shared.connect_allowed() {
@@ -203,6 +222,7 @@ fn scan_leaks(shared: &Shared) {
     // Reported outside the registry lock: observers may take their time.
     for (held, location, span) in found {
         shared.counters.leaks.fetch_add(1, Relaxed);
+        shared.recent.lock().leak = Some(now);
         tracing::warn!(
             parent: &span,
             pool = %shared.name,

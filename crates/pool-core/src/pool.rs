@@ -342,10 +342,10 @@ impl<M: ManageConnection> Pool<M> {
         let shared = &self.inner.shared;
         let counters = &shared.counters;
         let mut waiting = Waiting::new(shared);
-        if counters.in_use() >= u64::from(shared.config.max_size())
-            && counters.exhausted.swap(1, Relaxed) == 0
-        {
-            counters.exhaustion_episodes.fetch_add(1, Relaxed);
+        // Exhausted if every connection is out as this one starts to wait; or later, when a
+        // checkout takes the last one while this one still waits (see `check_rise`).
+        if counters.in_use() >= u64::from(shared.config.max_size()) {
+            shared.exhaustion_started();
         }
         let managed = &self.inner.managed;
         let deadline = tokio::time::Instant::now()
@@ -395,6 +395,7 @@ impl<M: ManageConnection> Pool<M> {
                 };
                 waiting.done();
                 counters.timeouts.fetch_add(1, Relaxed);
+                shared.recent.lock().timeout = Some(now);
                 counters.record_wait(waited);
                 let (last_error, last_error_age) = match error {
                     Some(bb8::RunError::User(e)) => {
@@ -595,6 +596,8 @@ impl<M: ManageConnection> Pool<M> {
         // checkouts turned away at admission and waiting ones failed when it opened.
         let rejected = c.rejected.load(Relaxed);
         let (last_error, last_error_age) = shared.last_error_aged();
+        let [last_timeout_age, last_exhausted_age, last_leak_age, last_transition_age] =
+            shared.recent_ages();
         let leaks_outstanding = shared.leaks.as_ref().map_or(0, |l| {
             l.entries.lock().values().filter(|e| e.reported).count() as u64
         });
@@ -613,12 +616,14 @@ impl<M: ManageConnection> Pool<M> {
             utilization_level: shared.level(),
             exhausted: in_use >= max && pending > 0,
             exhaustion_episodes: c.exhaustion_episodes.load(Relaxed),
+            last_exhausted_age,
             checkouts_direct: c
                 .checkouts
                 .load(Relaxed)
                 .saturating_sub(c.checkouts_waited.load(Relaxed)),
             checkouts_waited: c.checkouts_waited.load(Relaxed),
             checkout_timeouts: c.timeouts.load(Relaxed),
+            last_timeout_age,
             checkouts_rejected: rejected,
             wait_time_total: Duration::from_micros(c.wait_total_us.load(Relaxed)),
             wait_time_max_recent: c.wait_max_recent(),
@@ -630,10 +635,12 @@ impl<M: ManageConnection> Pool<M> {
             leaks_suspected: c.leaks.load(Relaxed),
             sessions_reset: c.sessions_reset.load(Relaxed),
             leaks_outstanding,
+            last_leak_age,
             breaker: BreakerStats {
                 state: breaker_state,
                 consecutive_failures: failures,
                 transitions,
+                last_transition_age,
                 opened: c.breaker_opened.load(Relaxed),
                 rejected,
                 next_probe_in: until,

@@ -38,6 +38,22 @@ pub(crate) const FAILURE_WAVE: Duration = Duration::from_millis(250);
 /// See [`Shared::reset`]: a `ResetHooks<C>` for the pool's connection type.
 pub(crate) type ResetHook = Arc<dyn std::any::Any + Send + Sync>;
 
+/// How long utilization must stay below a level (minus [`HYSTERESIS`]) before the level
+/// falls: the level is that of the highest utilization seen in the last one to two windows.
+/// Short enough that the level is about now; long enough that a small pool, where one
+/// checkout is a large step, does not flip between levels on every request.
+pub const LEVEL_WINDOW: Duration = Duration::from_secs(2);
+
+/// When notable things last happened, for a verdict about the recent past.
+#[derive(Debug, Default)]
+pub(crate) struct Recent {
+    pub(crate) timeout: Option<Stamp>,
+    /// The start of the exhaustion now going on, or the end of the last one.
+    pub(crate) exhausted: Option<Stamp>,
+    pub(crate) leak: Option<Stamp>,
+    pub(crate) transition: Option<Stamp>,
+}
+
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     pub(crate) backend: String,
@@ -68,6 +84,12 @@ pub(crate) struct Shared {
     last_error: Mutex<Option<(String, Stamp)>>,
     pub(crate) generation: AtomicU64,
     level: AtomicU8,
+    /// The highest in-use count at or above the warn threshold since the level watcher last
+    /// looked (see [`LEVEL_WINDOW`]).
+    pub(crate) level_peak: AtomicU64,
+    /// Woken when the level rises, so the watcher starts looking.
+    pub(crate) level_raised: Notify,
+    pub(crate) recent: Mutex<Recent>,
     pub(crate) monitor_status: AtomicU8,
     pub(crate) closing: AtomicBool,
     pub(crate) top_up: tokio::sync::Mutex<()>,
@@ -167,6 +189,9 @@ impl Shared {
             last_error: Mutex::new(None),
             generation: AtomicU64::new(0),
             level: AtomicU8::new(0),
+            level_peak: AtomicU64::new(0),
+            level_raised: Notify::new(),
+            recent: Mutex::new(Recent::default()),
             monitor_status: AtomicU8::new(0),
             closing: AtomicBool::new(false),
             top_up: tokio::sync::Mutex::new(()),
@@ -412,6 +437,7 @@ impl Shared {
     }
 
     fn on_transition(&self, t: Transition) {
+        self.recent.lock().transition = Some(self.clock.now());
         if t.to == BreakerState::Open {
             self.counters.breaker_opened.fetch_add(1, Relaxed);
         }
@@ -469,19 +495,88 @@ impl Shared {
         }
     }
 
-    /// On checkout: only a rise is reported, so a spike between monitor ticks is not missed;
-    /// the monitor reports the fall.
+    /// On checkout, at or above the warn threshold (`in_use` counts this checkout): a rise
+    /// is reported at once, so a spike is never missed; the peak is kept for the level
+    /// watcher, which reports the fall. A checkout that takes the last connection while
+    /// others wait starts an exhaustion episode (however the pool came to be full).
     pub(crate) fn check_rise(&self, in_use: u64) {
         if in_use < self.warn_in_use {
             return;
         }
+        self.check_rise_slow(in_use);
+    }
+
+    #[cold]
+    fn check_rise_slow(&self, in_use: u64) {
         let max = self.config.max_size().max(1);
+        if in_use >= u64::from(max) && self.counters.pending.load(Relaxed) > 0 {
+            self.exhaustion_started();
+        }
+        self.level_peak.fetch_max(in_use, Relaxed);
         let utilization = in_use as f64 / f64::from(max);
         let current = self.level();
         let next = self.level_for(utilization, current);
         if next > current {
             self.set_level(current, next, utilization);
+            self.level_raised.notify_one();
         }
+    }
+
+    /// Every connection is in use and a checkout waits: a new episode unless one is going on.
+    pub(crate) fn exhaustion_started(&self) {
+        if self.counters.exhausted.swap(1, Relaxed) == 0 {
+            self.counters.exhaustion_episodes.fetch_add(1, Relaxed);
+            self.recent.lock().exhausted = Some(self.clock.now());
+        }
+    }
+
+    /// A return with nobody waiting ends the episode going on, if any.
+    #[inline]
+    pub(crate) fn exhaustion_may_end(&self) {
+        let counters = &self.counters;
+        if counters.exhausted.load(Relaxed) != 0 && counters.pending.load(Relaxed) == 0 {
+            self.exhaustion_ended();
+        }
+    }
+
+    #[cold]
+    fn exhaustion_ended(&self) {
+        if self.counters.exhausted.swap(0, Relaxed) != 0 {
+            self.recent.lock().exhausted = Some(self.clock.now());
+        }
+    }
+
+    /// One look of the level watcher: the level of the highest utilization since the last
+    /// look (or now, if higher) replaces a higher level; a rise is left to checkouts.
+    pub(crate) fn level_look(&self) {
+        let in_use = self.counters.in_use();
+        let peak = self.level_peak.swap(in_use, Relaxed).max(in_use);
+        let utilization = peak as f64 / f64::from(self.config.max_size().max(1));
+        let current = self.level();
+        let next = self.level_for(utilization, current);
+        if next < current {
+            let now = in_use as f64 / f64::from(self.config.max_size().max(1));
+            self.set_level(current, next, now);
+        }
+    }
+
+    /// When a checkout last timed out, the pool was last exhausted, a leak was last
+    /// reported and the breaker last changed state, as ages.
+    pub(crate) fn recent_ages(&self) -> [Option<Duration>; 4] {
+        let now = self.clock.now();
+        let recent = self.recent.lock();
+        let exhausted_now = self.counters.exhausted.load(Relaxed) != 0;
+        let age = |at: Option<Stamp>| at.map(|at| now.saturating_since(at));
+        [
+            age(recent.timeout),
+            if exhausted_now {
+                Some(Duration::ZERO)
+            } else {
+                age(recent.exhausted)
+            },
+            age(recent.leak),
+            age(recent.transition),
+        ]
     }
 
     pub(crate) fn set_level(&self, from: UtilizationLevel, to: UtilizationLevel, utilization: f64) {

@@ -43,8 +43,17 @@ pub struct PoolStats {
     pub utilization_level: UtilizationLevel,
     /// Every connection in use and checkouts waiting.
     pub exhausted: bool,
-    /// How many times the pool became exhausted.
+    /// How many times the pool became exhausted: every connection in use with a checkout
+    /// waiting, however it came about (a burst, slow queries, a lock). An episode ends at a
+    /// return with nobody waiting.
     pub exhaustion_episodes: u64,
+    /// How long ago the pool was last exhausted: zero while it is, else since the last
+    /// episode ended; `None` if it never was (`last_exhausted_age_seconds` in JSON).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "last_exhausted_age_seconds", serialize_with = "opt_secs")
+    )]
+    pub last_exhausted_age: Option<Duration>,
     /// Checkouts served without queueing for a connection (an idle one was there; its
     /// pre-ping, if due, does not make it a wait).
     pub checkouts_direct: u64,
@@ -52,6 +61,13 @@ pub struct PoolStats {
     pub checkouts_waited: u64,
     /// Checkouts that hit the checkout timeout.
     pub checkout_timeouts: u64,
+    /// How long ago the last checkout timed out; `None` if none has
+    /// (`last_timeout_age_seconds` in JSON).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "last_timeout_age_seconds", serialize_with = "opt_secs")
+    )]
+    pub last_timeout_age: Option<Duration>,
     /// Checkouts turned away by the circuit breaker.
     pub checkouts_rejected: u64,
     /// Total time checkouts spent waiting for a usable connection (`wait_time_total_seconds`
@@ -78,10 +94,18 @@ pub struct PoolStats {
     pub health_checks_ok: u64,
     /// Idle health probes that failed.
     pub health_checks_failed: u64,
-    /// Connections held past the leak threshold so far.
+    /// Connections held past the leak threshold so far (each counted once, when the leak
+    /// scanner first sees it past the threshold).
     pub leaks_suspected: u64,
     /// Connections held past the leak threshold right now.
     pub leaks_outstanding: u64,
+    /// How long ago the last suspected leak was reported; `None` if none was
+    /// (`last_leak_age_seconds` in JSON).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "last_leak_age_seconds", serialize_with = "opt_secs")
+    )]
+    pub last_leak_age: Option<Duration>,
     /// Connections returned with their session not clean (a transaction left open or
     /// failed) and reset before reuse; each is a borrower that did not finish its
     /// transaction.
@@ -149,6 +173,13 @@ pub struct BreakerStats {
     pub consecutive_failures: u32,
     /// State changes so far.
     pub transitions: u64,
+    /// How long ago the state last changed (how long it has been in this state); `None`
+    /// if it never changed (`last_transition_age_seconds` in JSON).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "last_transition_age_seconds", serialize_with = "opt_secs")
+    )]
+    pub last_transition_age: Option<Duration>,
     /// How many times it opened (from closed or half-open).
     pub opened: u64,
     /// Checkouts turned away: at once, or while waiting when it opened. The same count as

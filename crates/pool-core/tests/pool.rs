@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{LogCapture, MemManager, Recorded, Recorder};
 use pool_core::{
     BreakerConfig, BreakerState, CheckoutError, CloseReason, MonitorStatus, Pool, PoolBuilder,
-    PoolEvent, PoolObserver, RunError, UtilizationLevel, FIRST_PROBE_DELAY,
+    PoolEvent, PoolObserver, RunError, UtilizationLevel, FIRST_PROBE_DELAY, LEVEL_WINDOW,
 };
 
 fn builder() -> PoolBuilder<MemManager> {
@@ -1268,4 +1268,122 @@ async fn a_timeout_long_after_an_outage_does_not_blame_the_old_connection_error(
     assert!(s.last_error.is_some());
     assert!(s.last_error_age.unwrap() > Duration::from_secs(120));
     drop(held);
+}
+
+/// Holds every connection of `pool` while two more checkouts wait, then lets them all go.
+async fn burst(pool: &Pool<MemManager>) {
+    let held: Vec<_> = futures_util::future::join_all((0..5).map(|_| pool.get())).await;
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { drop(pool.get().await.unwrap()) })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    let s = pool.stats();
+    assert!(s.exhausted, "{s:?}");
+    assert_eq!(s.last_exhausted_age, Some(Duration::ZERO));
+    assert_eq!(s.utilization_level, UtilizationLevel::Critical);
+    drop(held);
+    for waiter in waiters {
+        waiter.await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_burst_that_exhausts_the_pool_is_one_episode_and_the_level_falls_after_it() {
+    let (manager, _state) = MemManager::new();
+    let recorder = Recorder::new();
+    let pool = builder().observer(recorder.clone()).build(manager).unwrap();
+    pool.warm_up().await.unwrap();
+    assert_eq!(pool.stats().last_exhausted_age, None);
+
+    burst(&pool).await;
+    let s = pool.stats();
+    assert_eq!(
+        (s.exhaustion_episodes, s.exhausted, s.in_use),
+        (1, false, 0)
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = pool.stats();
+    assert_eq!(s.utilization_level, UtilizationLevel::Normal, "5 s after");
+    assert_eq!(s.last_exhausted_age, Some(Duration::from_secs(5)));
+
+    burst(&pool).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = pool.stats();
+    assert_eq!(s.exhaustion_episodes, 2);
+    assert_eq!(s.utilization_level, UtilizationLevel::Normal);
+    use UtilizationLevel::*;
+    let levels: Vec<_> = recorder
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Recorded::Level { from, to } => Some((from, to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            (Normal, Warning),
+            (Warning, Critical),
+            (Critical, Normal),
+            (Normal, Warning),
+            (Warning, Critical),
+            (Critical, Normal)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_that_keeps_reaching_a_level_keeps_it() {
+    let (manager, _state) = MemManager::new();
+    let pool = builder().build(manager).unwrap();
+    pool.warm_up().await.unwrap();
+    // Every connection out for a moment every half second, for ten seconds.
+    for _ in 0..20 {
+        let held: Vec<_> = futures_util::future::join_all((0..5).map(|_| pool.get())).await;
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(pool.stats().utilization_level, UtilizationLevel::Critical);
+    }
+    tokio::time::sleep(LEVEL_WINDOW * 2).await;
+    assert_eq!(pool.stats().utilization_level, UtilizationLevel::Normal);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exhaustion_reached_while_checkouts_already_wait_is_an_episode() {
+    // Four borrowers that hold on (behind a lock, a slow query) against one warm connection
+    // and room for two more: three queue while the pool is not yet full, then the pool
+    // fills with one of them still waiting.
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(2)
+        .build(manager)
+        .unwrap();
+    pool.warm_up().await.unwrap();
+    state.connect_ms.store(100, SeqCst);
+    let borrowers: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let conn = pool.get().await.unwrap();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                drop(conn);
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let s = pool.stats();
+    assert_eq!((s.in_use, s.pending), (3, 1), "{s:?}");
+    assert!(s.exhausted);
+    assert_eq!(s.exhaustion_episodes, 1);
+    for borrower in borrowers {
+        borrower.await.unwrap();
+    }
+    let s = pool.stats();
+    assert_eq!((s.exhaustion_episodes, s.exhausted), (1, false));
+    assert_eq!(s.checkouts_waited, 3);
 }
