@@ -282,3 +282,65 @@ async fn a_saturated_pool_and_an_open_breaker_each_get_their_recommendation() {
             >= 0.0
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_an_outage_and_a_timeout_the_verdict_is_healthy_again_once_the_window_has_passed() {
+    let mem = Mem::default();
+    let state = mem.0.clone();
+    let pool = pool("main", mem);
+    let router = Monitoring::new().token(TOKEN).pool(&pool).into_router();
+    let bearer = format!("Bearer {TOKEN}");
+    let report = || async { get(&router, REPORT, &[("authorization", &bearer)]).await.1 };
+    let rules = |body: &serde_json::Value| -> Vec<String> {
+        body["pools"][0]["recommendations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["rule"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // The outage: the breaker opens.
+    state.fail_connect.store(true, SeqCst);
+    assert!(pool.get().await.unwrap_err().is_circuit_open());
+    assert_eq!(report().await["status"], "unhealthy");
+    // The database is back: the probes close the breaker within a second or two.
+    state.fail_connect.store(false, SeqCst);
+    for _ in 0..100 {
+        if pool.breaker_state() == pool_core::BreakerState::Closed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pool.breaker_state(), pool_core::BreakerState::Closed);
+    // Then an exhaustion with a timeout.
+    let held = [pool.get().await.unwrap(), pool.get().await.unwrap()];
+    assert!(pool.get().await.unwrap_err().is_timeout());
+    drop(held);
+
+    let body = report().await;
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(
+        rules(&body),
+        ["high_utilization", "breaker_opened", "checkout_timeouts"],
+        "{body}"
+    );
+    let evidence = &body["pools"][0]["recommendations"][2]["evidence"];
+    assert_eq!(evidence["checkout_timeouts"], 1);
+    assert_eq!(evidence["last_timeout_age_seconds"], 0.0);
+
+    // Healthy for just under the window: still degraded, about the same events.
+    tokio::time::sleep(pool_tower::monitoring::HEALTH_WINDOW - Duration::from_secs(2)).await;
+    let body = report().await;
+    assert_eq!(body["status"], "degraded", "{body}");
+    // Two healthy minutes: healthy, nothing to recommend; the counters still say what
+    // happened.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let body = report().await;
+    assert_eq!(body["status"], "healthy", "{body}");
+    assert!(rules(&body).is_empty(), "{body}");
+    let stats = &body["pools"][0]["stats"];
+    assert_eq!(stats["checkout_timeouts"], 1);
+    assert_eq!(stats["breaker"]["opened"], 1);
+    assert_eq!(stats["exhaustion_episodes"], 1);
+}

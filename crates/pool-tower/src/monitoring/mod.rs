@@ -4,6 +4,10 @@
 //!   recommendations, each with the evidence that triggered it.
 //! - `GET /monitoring/circuit-breakers`: every pool's breaker.
 //!
+//! The verdict and the recommendations are about now and the last [`HEALTH_WINDOW`] (60 s):
+//! a pool that has been fine for that long is `healthy`, whatever its lifetime counters say
+//! (see [`verdict`]). The stats beside them keep the whole story.
+//!
 //! Requests must carry exactly one `Authorization: Bearer <token>` header (RFC 6750; the
 //! scheme in any case, whitespace around the token ignored, on the configured token too); the
 //! token is compared in constant time and accepted nowhere else (not in the query string, not
@@ -36,7 +40,7 @@ use pool_core::{ManageConnection, Pool, PoolStats};
 use serde_json::json;
 use tower_service::Service;
 
-pub use recommend::{recommendations, verdict, Health, Recommendation, Severity};
+pub use recommend::{recommendations, verdict, Health, Recommendation, Severity, HEALTH_WINDOW};
 
 /// The path of the pool report.
 pub const POOL_PATH: &str = "/monitoring/connection-pool";

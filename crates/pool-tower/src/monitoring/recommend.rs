@@ -1,5 +1,7 @@
 //! Rules over [`PoolStats`]: a health verdict and recommendations with their evidence.
 
+use std::time::Duration;
+
 use pool_core::{BreakerState, PoolStats, UtilizationLevel};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -41,7 +43,36 @@ pub struct Recommendation {
     pub evidence: Value,
 }
 
-/// The health verdict for one pool.
+/// How far back the verdict and the recommendations look: what happened longer ago than
+/// this (a timeout, an exhaustion, an outage the breaker has recovered from, a leak since
+/// returned) no longer makes a pool `degraded`, so a pool that has been fine for this long
+/// is `healthy` again. The same as [`pool_core::RECENT_ERROR`], the age up to which a
+/// connection error is offered as the cause of a timeout.
+pub const HEALTH_WINDOW: Duration = pool_core::RECENT_ERROR;
+
+fn within(age: Option<Duration>) -> bool {
+    age.is_some_and(|age| age < HEALTH_WINDOW)
+}
+
+fn seconds(age: Option<Duration>) -> Option<f64> {
+    age.map(|age| age.as_secs_f64())
+}
+
+/// Whether the breaker came back from open, half-open or forced open within the window.
+fn recovered_recently(s: &PoolStats) -> bool {
+    s.breaker.opened > 0
+        && matches!(s.breaker.state, BreakerState::Closed)
+        && within(s.breaker.last_transition_age)
+}
+
+/// The health verdict for one pool, about now and the last [`HEALTH_WINDOW`]:
+///
+/// - `unhealthy` while the breaker is open (or forced open);
+/// - `degraded` while it is half-open, while the pool is exhausted, its utilization level is
+///   above normal or a connection is held past the leak threshold, and for
+///   [`HEALTH_WINDOW`] after a checkout timed out, the pool was exhausted or the breaker
+///   closed again after opening;
+/// - `healthy` otherwise.
 pub fn verdict(s: &PoolStats) -> Health {
     match s.breaker.state {
         BreakerState::Open | BreakerState::ForcedOpen => return Health::Unhealthy,
@@ -51,7 +82,9 @@ pub fn verdict(s: &PoolStats) -> Health {
     if s.exhausted
         || s.utilization_level != UtilizationLevel::Normal
         || s.leaks_outstanding > 0
-        || s.checkout_timeouts > 0 && s.wait_time_max_recent > std::time::Duration::ZERO
+        || within(s.last_timeout_age)
+        || within(s.last_exhausted_age)
+        || recovered_recently(s)
     {
         Health::Degraded
     } else {
@@ -59,10 +92,35 @@ pub fn verdict(s: &PoolStats) -> Health {
     }
 }
 
-/// Every rule that fires for one pool, most urgent first.
+/// Every rule that fires for one pool, most urgent first. Each looks at now and the last
+/// [`HEALTH_WINDOW`], except `frequent_overflow`, which is advice about the configuration
+/// and reads the pool's whole life.
 pub fn recommendations(s: &PoolStats) -> Vec<Recommendation> {
     let mut out = Vec::new();
-    if s.breaker.state == BreakerState::Open || s.breaker.opened > 0 {
+    let open = matches!(
+        s.breaker.state,
+        BreakerState::Open | BreakerState::HalfOpen | BreakerState::ForcedOpen
+    );
+    if open || recovered_recently(s) {
+        let message = if open {
+            format!(
+                "The circuit breaker is {}: the database refused or dropped connections \
+                 repeatedly, and checkouts fail fast while the pool probes it. Look at the \
+                 database (availability, max_connections, network) before the pool.",
+                s.breaker.state
+            )
+        } else {
+            format!(
+                "The circuit breaker closed {:.0} s ago after an outage (it has opened {} \
+                 time(s) in all). If outages recur, look at the database (availability, \
+                 max_connections, network).",
+                s.breaker
+                    .last_transition_age
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+                s.breaker.opened
+            )
+        };
         out.push(Recommendation {
             rule: "breaker_opened",
             severity: if s.breaker.state == BreakerState::Open {
@@ -70,23 +128,37 @@ pub fn recommendations(s: &PoolStats) -> Vec<Recommendation> {
             } else {
                 Severity::Warning
             },
-            message: format!(
-                "The circuit breaker has opened {} time(s): the database refused or dropped \
-                 connections repeatedly. Look at the database (availability, max_connections, \
-                 network) before the pool.",
-                s.breaker.opened
-            ),
+            message,
             evidence: json!({
                 "state": s.breaker.state,
+                "last_transition_age_seconds": seconds(s.breaker.last_transition_age),
                 "opened": s.breaker.opened,
                 "rejected": s.breaker.rejected,
                 "connection_failures": s.connection_failures,
                 "last_error": s.last_error,
+                "last_error_age_seconds": seconds(s.last_error_age),
             }),
         });
     }
-    if s.exhausted || s.utilization_level != UtilizationLevel::Normal {
+    if s.exhausted
+        || s.utilization_level != UtilizationLevel::Normal
+        || within(s.last_exhausted_age)
+    {
         let critical = s.exhausted || s.utilization_level == UtilizationLevel::Critical;
+        let when = if s.exhausted {
+            "The pool is exhausted now".to_owned()
+        } else if let Some(age) = s
+            .last_exhausted_age
+            .filter(|_| within(s.last_exhausted_age))
+        {
+            format!(
+                "The pool was exhausted {:.0} s ago (level now {})",
+                age.as_secs_f64(),
+                s.utilization_level
+            )
+        } else {
+            format!("Utilization is at the {} level", s.utilization_level)
+        };
         out.push(Recommendation {
             rule: "high_utilization",
             severity: if critical {
@@ -95,11 +167,9 @@ pub fn recommendations(s: &PoolStats) -> Vec<Recommendation> {
                 Severity::Warning
             },
             message: format!(
-                "Utilization reached the {} level since the last monitor check (now {:.0}%: {} \
-                 of {} in use, {} waiting). If it stays there, raise the base size \
-                 (DB_POOL_SIZE) or the overflow (DB_MAX_OVERFLOW), or shorten how long requests \
-                 hold connections.",
-                s.utilization_level,
+                "{when} ({:.0}%: {} of {} in use, {} waiting). If this recurs, raise the base \
+                 size (DB_POOL_SIZE) or the overflow (DB_MAX_OVERFLOW), or shorten how long \
+                 requests hold connections.",
                 s.utilization * 100.0,
                 s.in_use,
                 s.max_size,
@@ -112,20 +182,23 @@ pub fn recommendations(s: &PoolStats) -> Vec<Recommendation> {
                 "max_size": s.max_size,
                 "pending": s.pending,
                 "exhausted": s.exhausted,
+                "last_exhausted_age_seconds": seconds(s.last_exhausted_age),
                 "exhaustion_episodes": s.exhaustion_episodes,
             }),
         });
     }
-    if s.checkout_timeouts > 0 {
+    if within(s.last_timeout_age) {
         out.push(Recommendation {
             rule: "checkout_timeouts",
             severity: Severity::Warning,
             message: format!(
-                "{} checkout(s) timed out waiting for a connection. Raise the pool size, or find \
-                 the slow queries that hold connections (see use time).",
+                "A checkout timed out waiting for a connection {:.0} s ago ({} in all). Raise \
+                 the pool size, or find the slow queries that hold connections (see use time).",
+                s.last_timeout_age.unwrap_or_default().as_secs_f64(),
                 s.checkout_timeouts
             ),
             evidence: json!({
+                "last_timeout_age_seconds": seconds(s.last_timeout_age),
                 "checkout_timeouts": s.checkout_timeouts,
                 "wait_time_max_recent_seconds": s.wait_time_max_recent.as_secs_f64(),
                 "max_size": s.max_size,
@@ -155,7 +228,7 @@ pub fn recommendations(s: &PoolStats) -> Vec<Recommendation> {
             }),
         });
     }
-    if s.leaks_suspected > 0 {
+    if s.leaks_outstanding > 0 || within(s.last_leak_age) {
         out.push(Recommendation {
             rule: "connection_leaks",
             severity: if s.leaks_outstanding > 0 {
@@ -171,6 +244,7 @@ pub fn recommendations(s: &PoolStats) -> Vec<Recommendation> {
             evidence: json!({
                 "leaks_suspected": s.leaks_suspected,
                 "leaks_outstanding": s.leaks_outstanding,
+                "last_leak_age_seconds": seconds(s.last_leak_age),
             }),
         });
     }
