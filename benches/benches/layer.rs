@@ -45,7 +45,7 @@ fn bench(c: &mut Criterion) {
     let bb8 = rt.block_on(bb8_pool());
     let telemetry = PoolTelemetry::new(&meters.meter("bench"));
     let observed = rt.block_on(pool(Some(telemetry.observer())));
-    telemetry.observe(&observed);
+    telemetry.observe(&observed).unwrap();
     let bare_pool = rt.block_on(pool(None));
 
     // For the breakdown: the hand-written service plus what any layer like this one must

@@ -230,6 +230,13 @@ impl<M: ManageConnection> Pool<M> {
         &self.inner.shared.name
     }
 
+    /// A number no other pool built in this process has: clones of one pool share it, two
+    /// pools built with the same name do not (sinks use it to refuse a second pool under a
+    /// name already taken).
+    pub fn id(&self) -> u64 {
+        self.inner.shared.id
+    }
+
     /// The configuration the pool was built with.
     pub fn config(&self) -> &crate::PoolConfig {
         &self.inner.shared.config

@@ -38,7 +38,7 @@ pub(crate) const FAILURE_WAVE: Duration = Duration::from_millis(250);
 /// See [`Shared::reset`]: a `ResetHooks<C>` for the pool's connection type.
 pub(crate) type ResetHook = Arc<dyn std::any::Any + Send + Sync>;
 
-/// How long utilization must stay below a level (minus [`HYSTERESIS`]) before the level
+/// How long utilization must stay below a level (minus a 5-point hysteresis band) before the level
 /// falls: the level is that of the highest utilization seen in the last one to two windows.
 /// Short enough that the level is about now; long enough that a small pool, where one
 /// checkout is a large step, does not flip between levels on every request.
@@ -56,6 +56,8 @@ pub(crate) struct Recent {
 
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
+    /// Unique to this pool in the process (see [`Pool::id`](crate::Pool::id)).
+    pub(crate) id: u64,
     pub(crate) backend: String,
     pub(crate) config: PoolConfig,
     pub(crate) counters: Counters,
@@ -165,8 +167,10 @@ impl Shared {
         });
         let warn_in_use =
             (config.warn_utilization * f64::from(config.max_size().max(1)) - 1e-9).ceil() as u64;
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Shared {
             warn_in_use,
+            id: NEXT_ID.fetch_add(1, Relaxed),
             name: name.into(),
             backend,
             url: config.database_url.clone(),

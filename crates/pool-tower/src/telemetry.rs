@@ -3,7 +3,9 @@
 //! [`PoolTelemetry`] creates every instrument once. Attach [`PoolTelemetry::observer`] to a
 //! pool's builder (it turns pool events into counters, histograms and spans) and call
 //! [`PoolTelemetry::observe`] with the built pool (it feeds the observable gauges). Several
-//! pools share one `PoolTelemetry` and are told apart by `db.client.connection.pool.name`.
+//! pools share one `PoolTelemetry` and are told apart by `db.client.connection.pool.name`,
+//! so their names must differ: `observe` refuses a second live pool under a name already
+//! observed ([`NameInUse`]).
 //! Nothing here needs the layer: a background worker's pool is instrumented the same way.
 //!
 //! ```no_run
@@ -17,7 +19,7 @@
 //!     .config(PoolConfig::from_env()?)
 //!     .observer(telemetry.observer())
 //!     .build_postgres()?;
-//! telemetry.observe(&pool);
+//! telemetry.observe(&pool)?;
 //! # Ok(()) }
 //! ```
 
@@ -35,7 +37,7 @@ use pool_core::{
 
 use crate::semconv as names;
 
-use crate::StatsSource;
+use crate::{NameInUse, Registered};
 
 /// Every pool instrument, created once. Cheap to clone.
 #[derive(Clone)]
@@ -54,7 +56,7 @@ struct Instruments {
     health_checks: Counter<u64>,
     transitions: Counter<u64>,
     rejected: Counter<u64>,
-    pools: Arc<Mutex<Vec<(Value, StatsSource)>>>,
+    pools: Arc<Mutex<Vec<Registered>>>,
     _observables: Observables,
 }
 
@@ -84,12 +86,12 @@ fn pool_attr(name: &Value) -> KeyValue {
 /// Reads every registered pool once per collection. Pools that are gone are dropped from
 /// the registry. A panic (a bug) is caught: a panicking callback would otherwise poison the
 /// SDK's pipeline and stop all metrics of the process.
-fn each_pool(pools: &Arc<Mutex<Vec<(Value, StatsSource)>>>, mut f: impl FnMut(&Value, &PoolStats)) {
+fn each_pool(pools: &Arc<Mutex<Vec<Registered>>>, mut f: impl FnMut(&Value, &PoolStats)) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         let Ok(mut pools) = pools.lock() else { return };
-        pools.retain(|(name, stats)| match stats() {
+        pools.retain(|pool| match (pool.stats)() {
             Some(s) => {
-                f(name, &s);
+                f(&Value::String(StringValue::from(pool.name.clone())), &s);
                 true
             }
             None => false,
@@ -100,7 +102,7 @@ fn each_pool(pools: &Arc<Mutex<Vec<(Value, StatsSource)>>>, mut f: impl FnMut(&V
 impl PoolTelemetry {
     /// Creates every instrument on `meter`.
     pub fn new(meter: &Meter) -> Self {
-        let pools: Arc<Mutex<Vec<(Value, StatsSource)>>> = Arc::default();
+        let pools: Arc<Mutex<Vec<Registered>>> = Arc::default();
         let histogram = |name: &'static str, description: &'static str| {
             meter
                 .f64_histogram(name)
@@ -264,7 +266,9 @@ impl PoolTelemetry {
     }
 
     /// An observer for one pool's builder
-    /// ([`PoolBuilder::observer`](pool_core::PoolBuilder::observer)).
+    /// ([`PoolBuilder::observer`](pool_core::PoolBuilder::observer)). Its records carry the
+    /// pool's name; pass the built pool to [`PoolTelemetry::observe`], which refuses a
+    /// second pool under a name already taken here.
     pub fn observer(&self) -> Arc<dyn PoolObserver> {
         Arc::new(TelemetryObserver {
             instruments: self.inner.clone(),
@@ -274,12 +278,19 @@ impl PoolTelemetry {
     }
 
     /// Reports `pool`'s gauges (connections by state, max, pending, utilization, breaker
-    /// state) from now on, until the pool is dropped.
-    pub fn observe<M: ManageConnection>(&self, pool: &Pool<M>) {
-        let name = Value::String(StringValue::from(Arc::<str>::from(pool.name())));
-        if let Ok(mut pools) = self.inner.pools.lock() {
-            pools.push((name, crate::stats_source(pool)));
-        }
+    /// state) from now on, until the pool is dropped (observing the same pool again changes
+    /// nothing).
+    ///
+    /// # Errors
+    ///
+    /// [`NameInUse`] if another live pool observed here has the same name (also logged):
+    /// its series would be merged with this one's. The gauges of that name stay the first
+    /// pool's.
+    pub fn observe<M: ManageConnection>(&self, pool: &Pool<M>) -> Result<(), NameInUse> {
+        let mut pools = self.inner.pools.lock().unwrap_or_else(|e| e.into_inner());
+        Registered::new(pool)
+            .join(&mut pools, "telemetry")
+            .map(drop)
     }
 }
 

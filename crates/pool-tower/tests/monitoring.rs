@@ -54,7 +54,11 @@ const REPORT: &str = "/monitoring/connection-pool";
 #[tokio::test]
 async fn only_the_right_token_in_the_authorization_header_gets_in() {
     let pool = pool("main", Mem::default());
-    let router = Monitoring::new().token(TOKEN).pool(&pool).into_router();
+    let router = Monitoring::new()
+        .token(TOKEN)
+        .pool(&pool)
+        .unwrap()
+        .into_router();
     let bearer = format!("Bearer {TOKEN}");
     let refused: [(&str, Vec<(&str, &str)>); 6] = [
         (REPORT, vec![]),
@@ -101,6 +105,7 @@ async fn the_bearer_scheme_is_case_insensitive_and_whitespace_around_tokens_is_i
     let router = Monitoring::new()
         .token(format!("{TOKEN}\n"))
         .pool(&pool)
+        .unwrap()
         .into_router();
     for value in [
         format!("Bearer {TOKEN}"),
@@ -117,7 +122,11 @@ async fn the_bearer_scheme_is_case_insensitive_and_whitespace_around_tokens_is_i
 #[tokio::test]
 async fn hostile_authorization_headers_get_401_and_never_a_panic() {
     let pool = pool("main", Mem::default());
-    let router = Monitoring::new().token(TOKEN).pool(&pool).into_router();
+    let router = Monitoring::new()
+        .token(TOKEN)
+        .pool(&pool)
+        .unwrap()
+        .into_router();
     let bearer = format!("Bearer {TOKEN}");
     let longer = format!("Bearer {TOKEN}x");
     let huge = format!("Bearer {}", "a".repeat(64 * 1024));
@@ -173,7 +182,11 @@ async fn hostile_authorization_headers_get_401_and_never_a_panic() {
 #[tokio::test]
 async fn a_64_kib_authorization_header_over_real_http_is_refused() {
     let pool = pool("main", Mem::default());
-    let router = Monitoring::new().token(TOKEN).pool(&pool).into_router();
+    let router = Monitoring::new()
+        .token(TOKEN)
+        .pool(&pool)
+        .unwrap()
+        .into_router();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -197,7 +210,7 @@ async fn a_64_kib_authorization_header_over_real_http_is_refused() {
 #[tokio::test]
 async fn without_a_token_the_endpoints_are_off() {
     let pool = pool("main", Mem::default());
-    let monitoring = Monitoring::new().token("").pool(&pool);
+    let monitoring = Monitoring::new().token("").pool(&pool).unwrap();
     assert!(!monitoring.is_enabled());
     let router = monitoring.into_router();
     let (status, _) = get(&router, REPORT, &[("authorization", "Bearer ")]).await;
@@ -212,7 +225,11 @@ async fn without_a_token_the_endpoints_are_off() {
 async fn the_report_holds_every_stats_field_a_verdict_and_recommendations() {
     let pool = pool("main", Mem::default());
     drop(pool.get().await.unwrap());
-    let router = Monitoring::new().token(TOKEN).pool(&pool).into_router();
+    let router = Monitoring::new()
+        .token(TOKEN)
+        .pool(&pool)
+        .unwrap()
+        .into_router();
     let bearer = format!("Bearer {TOKEN}");
     let (status, body) = get(&router, REPORT, &[("authorization", &bearer)]).await;
     assert_eq!(status, StatusCode::OK);
@@ -243,7 +260,9 @@ async fn a_saturated_pool_and_an_open_breaker_each_get_their_recommendation() {
     let router = Monitoring::new()
         .token(TOKEN)
         .pool(&busy)
+        .unwrap()
         .pool(&failing)
+        .unwrap()
         .into_router();
     let bearer = format!("Bearer {TOKEN}");
     let (_, body) = get(&router, REPORT, &[("authorization", &bearer)]).await;
@@ -288,7 +307,11 @@ async fn after_an_outage_and_a_timeout_the_verdict_is_healthy_again_once_the_win
     let mem = Mem::default();
     let state = mem.0.clone();
     let pool = pool("main", mem);
-    let router = Monitoring::new().token(TOKEN).pool(&pool).into_router();
+    let router = Monitoring::new()
+        .token(TOKEN)
+        .pool(&pool)
+        .unwrap()
+        .into_router();
     let bearer = format!("Bearer {TOKEN}");
     let report = || async { get(&router, REPORT, &[("authorization", &bearer)]).await.1 };
     let rules = |body: &serde_json::Value| -> Vec<String> {

@@ -304,7 +304,7 @@ async fn through_the_layer(pool: &Pool<Pg>, out: &mut String) {
         let response = layer.layer(handler).oneshot(sampled("/q")).await;
         out.push_str(&body_text(response.unwrap()).await);
     }
-    let router = Monitoring::new().token(TOKEN).pool(pool).into_router();
+    let router = Monitoring::new().token(TOKEN).pool(pool).unwrap().into_router();
     for path in [
         "/monitoring/connection-pool",
         "/monitoring/circuit-breakers",
@@ -396,7 +396,7 @@ async fn outputs(sinks: &Sinks, text: &str, port_is_live: bool) -> Result<String
         .observer(sinks.telemetry.observer())
         .build_postgres()
         .unwrap();
-    sinks.telemetry.observe(&pool);
+    sinks.telemetry.observe(&pool).unwrap();
     if let Err(e) = pool.warm_up().await {
         let _ = write!(out, "\n{e} {e:?}");
     }

@@ -137,7 +137,7 @@ fn pool(name: &str, telemetry: &PoolTelemetry, mem: Mem) -> Pool<Mem> {
         .observer(telemetry.observer())
         .build(mem)
         .unwrap();
-    telemetry.observe(&pool);
+    telemetry.observe(&pool).unwrap();
     pool
 }
 
@@ -322,4 +322,46 @@ async fn gauges_follow_the_pool_while_it_is_busy_and_stop_when_it_is_dropped() {
         })
         .sum::<usize>();
     assert_eq!(points, 0, "a dropped pool reports nothing");
+}
+
+#[tokio::test]
+async fn a_second_pool_under_a_name_already_observed_is_refused_until_the_first_is_dropped() {
+    let sdk = Sdk::new();
+    let telemetry = PoolTelemetry::new(&sdk.provider.meter("pool-tower-test"));
+    let first = pool("primary", &telemetry, Mem::default());
+    // The same pool again (a clone) is not a second pool.
+    telemetry.observe(&first.clone()).unwrap();
+    let second = PoolBuilder::new()
+        .name("primary")
+        .build(Mem::default())
+        .unwrap();
+    let error = telemetry.observe(&second).unwrap_err();
+    assert_eq!(error.name(), "primary");
+    assert!(error.to_string().contains("PoolBuilder::name"), "{error}");
+    // One series for the name: the first pool's (max 2; the second's would be 5).
+    let rm = sdk.collect();
+    let max = metric(&rm, "db.client.connection.max");
+    assert_eq!(
+        sum_i64(max, &[("db.client.connection.pool.name", "primary")]),
+        2
+    );
+    let monitoring = pool_tower::Monitoring::new().pool(&first).unwrap();
+    let monitoring = monitoring.pool(&first).unwrap();
+    assert_eq!(
+        monitoring.clone().pool(&second).unwrap_err().name(),
+        "primary"
+    );
+    // Once the first is gone the name is free again (its start-up top-up lets go of it
+    // when done: a bounded wait).
+    let weak = first.downgrade();
+    drop(first);
+    for _ in 0..1000 {
+        if weak.upgrade().is_none() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(weak.upgrade().is_none());
+    telemetry.observe(&second).unwrap();
+    monitoring.pool(&second).unwrap();
 }

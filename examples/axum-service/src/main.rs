@@ -168,11 +168,11 @@ async fn serve<S: Store>(
         generated,
         load,
     } = setup;
-    instruments.observe(&pool);
+    instruments.observe(&pool)?;
     let mut conn = pool.get().await?;
     S::migrate(&mut conn).await?;
     drop(conn);
-    let monitoring = Monitoring::new().token(token.as_str()).pool(&pool);
+    let monitoring = Monitoring::new().token(token.as_str()).pool(&pool)?;
     let app = routes::router::<S>(pool.clone(), monitoring);
 
     let base = format!("http://{addr}");

@@ -20,7 +20,8 @@
 //!
 //! let monitoring = Monitoring::new()
 //!     .token_from_env("MONITORING_TOKEN")
-//!     .pool(&pool);
+//!     .pool(&pool)
+//!     .expect("one pool, one name");
 //! let app: axum::Router = axum::Router::new().merge(monitoring.into_router());
 //! # }
 //! ```
@@ -51,7 +52,7 @@ pub const BREAKERS_PATH: &str = "/monitoring/circuit-breakers";
 /// tower [`Service`] directly.
 #[derive(Clone, Default)]
 pub struct Monitoring {
-    pools: Vec<crate::StatsSource>,
+    pools: Vec<crate::Registered>,
     token: Option<Arc<str>>,
 }
 
@@ -107,15 +108,21 @@ impl Monitoring {
         self.token.is_some()
     }
 
-    /// Adds a pool to the report. The report holds no strong reference: a dropped pool
-    /// disappears from it.
-    pub fn pool<M: ManageConnection>(mut self, pool: &Pool<M>) -> Self {
-        self.pools.push(crate::stats_source(pool));
-        self
+    /// Adds a pool to the report (adding the same pool again changes nothing). The report
+    /// holds no strong reference: a dropped pool disappears from it, and its name is free
+    /// again.
+    ///
+    /// # Errors
+    ///
+    /// [`NameInUse`](crate::NameInUse) if another live pool in this report has the same
+    /// name (also logged); the report is unchanged.
+    pub fn pool<M: ManageConnection>(mut self, pool: &Pool<M>) -> Result<Self, crate::NameInUse> {
+        crate::Registered::new(pool).join(&mut self.pools, "monitoring report")?;
+        Ok(self)
     }
 
     fn stats(&self) -> Vec<PoolStats> {
-        self.pools.iter().filter_map(|source| source()).collect()
+        self.pools.iter().filter_map(|p| (p.stats)()).collect()
     }
 
     /// RFC 7235 / RFC 6750: exactly one `Authorization` header, scheme `Bearer` in any case,
