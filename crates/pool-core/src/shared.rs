@@ -38,8 +38,9 @@ pub(crate) const FAILURE_WAVE: Duration = Duration::from_millis(250);
 /// See [`Shared::reset`]: a `ResetHooks<C>` for the pool's connection type.
 pub(crate) type ResetHook = Arc<dyn std::any::Any + Send + Sync>;
 
-/// How long utilization must stay below a level (minus a 5-point hysteresis band) before the level
-/// falls: the level is that of the highest utilization seen in the last one to two windows.
+/// How long utilization must stay below a level (minus a 5-point hysteresis band) before
+/// the level falls: the level is that of the highest utilization seen in the last one to two
+/// windows.
 /// Short enough that the level is about now; long enough that a small pool, where one
 /// checkout is a large step, does not flip between levels on every request.
 pub const LEVEL_WINDOW: Duration = Duration::from_secs(2);
