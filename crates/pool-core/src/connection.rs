@@ -11,6 +11,7 @@ use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU64;
 use std::ops::{Deref, DerefMut};
+use std::panic::Location;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -499,6 +500,16 @@ impl<M: ManageConnection> PooledConnection<M> {
             .clock
             .now()
             .saturating_since(self.checked_out_at)
+    }
+
+    /// Records `location` as where this connection is used from, in place of where it was
+    /// checked out: for wrappers that check out ahead of their user (an eager request
+    /// extension, a job runner), so that a leak report names the user's code. Does nothing
+    /// without leak detection.
+    pub fn set_location(&mut self, location: &'static Location<'static>) {
+        if let Some(id) = self.leak_id {
+            self.shared().relocate_leak(id, location);
+        }
     }
 
     /// Closes this connection when it is returned instead of reusing it (after a protocol

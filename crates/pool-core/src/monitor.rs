@@ -216,11 +216,17 @@ fn scan_leaks(shared: &Shared) {
         let held = now.saturating_since(entry.since);
         if !entry.reported && held >= leaks.threshold {
             entry.reported = true;
-            found.push((held, entry.location, entry.span.clone()));
+            // Each entry is reported once, so what observers kept moves out with it.
+            found.push((
+                held,
+                entry.location,
+                entry.span.clone(),
+                entry.contexts.take(),
+            ));
         }
     }
     // Reported outside the registry lock: observers may take their time.
-    for (held, location, span) in found {
+    for (held, location, span, contexts) in found {
         shared.counters.leaks.fetch_add(1, Relaxed);
         shared.recent.lock().leak = Some(now);
         tracing::warn!(
@@ -231,10 +237,6 @@ fn scan_leaks(shared: &Shared) {
             checked_out_at = %location,
             "connection held longer than the leak threshold; possible leak"
         );
-        shared.emit(&PoolEvent::LeakSuspected {
-            held,
-            location,
-            span: &span,
-        });
+        shared.emit_leak(held, location, &span, contexts.as_deref());
     }
 }

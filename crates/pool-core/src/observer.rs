@@ -21,6 +21,7 @@
 //! }
 //! ```
 
+use std::any::Any;
 use std::fmt;
 use std::panic::Location;
 use std::time::Duration;
@@ -36,6 +37,16 @@ use crate::breaker::Transition;
 pub trait PoolObserver: Send + Sync + 'static {
     /// One event of the pool named `pool`.
     fn on_event(&self, pool: &str, event: &PoolEvent<'_>);
+
+    /// Called on the borrower's task at each checkout while leak detection is on: whatever
+    /// ties a later leak report to the borrower (the current trace context, say). It comes
+    /// back to this observer as `context` in that checkout's [`PoolEvent::LeakSuspected`].
+    /// Keep it cheap (it runs on every checkout) and return `None` when there is nothing to
+    /// keep; the default keeps nothing.
+    fn checkout_context(&self, pool: &str) -> Option<Box<dyn Any + Send + Sync>> {
+        let _ = pool;
+        None
+    }
 }
 
 /// Something the pool did.
@@ -85,6 +96,8 @@ pub enum PoolEvent<'a> {
         location: &'static Location<'static>,
         /// The span that was current at checkout (the request, the job).
         span: &'a tracing::Span,
+        /// What this observer's [`PoolObserver::checkout_context`] returned at checkout.
+        context: Option<&'a (dyn Any + Send + Sync)>,
     },
     /// A connection reported as leaked came back.
     LeakReturned {

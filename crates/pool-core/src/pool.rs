@@ -334,7 +334,7 @@ impl<M: ManageConnection> Pool<M> {
                 outcome: CheckoutOutcome::Ok,
             });
         }
-        let leak_id = shared.leaks.as_ref().map(|l| l.register(location, now));
+        let leak_id = shared.register_leak(location, now);
         PooledConnection::new(conn, now, leak_id)
     }
 

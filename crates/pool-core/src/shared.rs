@@ -130,24 +130,79 @@ pub(crate) struct LeakEntry {
     pub(crate) since: Stamp,
     pub(crate) location: &'static Location<'static>,
     pub(crate) span: tracing::Span,
+    /// Each observer's [`PoolObserver::checkout_context`], in observer order; `None` when
+    /// none kept anything (no allocation).
+    pub(crate) contexts: Option<Box<[ObserverContext]>>,
     pub(crate) reported: bool,
 }
 
-impl LeakRegistry {
-    pub(crate) fn register(
+pub(crate) type ObserverContext = Option<Box<dyn std::any::Any + Send + Sync>>;
+
+impl Shared {
+    /// Registers a checkout with the leak registry (when leak detection is on).
+    pub(crate) fn register_leak(
         &self,
         location: &'static Location<'static>,
         since: Stamp,
-    ) -> NonZeroU64 {
-        let id = NonZeroU64::MIN.saturating_add(self.next_id.fetch_add(1, Relaxed));
+    ) -> Option<NonZeroU64> {
+        let leaks = self.leaks.as_ref()?;
+        let id = NonZeroU64::MIN.saturating_add(leaks.next_id.fetch_add(1, Relaxed));
+        let mut contexts = None;
+        for (i, observer) in self.observers.iter().enumerate() {
+            let captured = catch_unwind(AssertUnwindSafe(|| observer.checkout_context(&self.name)))
+                .ok()
+                .flatten();
+            if let Some(captured) = captured {
+                let all = contexts.get_or_insert_with(|| {
+                    (0..self.observers.len())
+                        .map(|_| None)
+                        .collect::<Box<[_]>>()
+                });
+                all[i] = Some(captured);
+            }
+        }
         let entry = LeakEntry {
             since,
             location,
             span: tracing::Span::current(),
+            contexts,
             reported: false,
         };
-        self.entries.lock().insert(id, entry);
-        id
+        leaks.entries.lock().insert(id, entry);
+        Some(id)
+    }
+
+    /// Records `location` as where the connection under `id` is used from.
+    pub(crate) fn relocate_leak(&self, id: NonZeroU64, location: &'static Location<'static>) {
+        if let Some(leaks) = &self.leaks {
+            if let Some(entry) = leaks.entries.lock().get_mut(&id) {
+                entry.location = location;
+            }
+        }
+    }
+
+    /// Tells each observer of a suspected leak, with what it kept at checkout.
+    pub(crate) fn emit_leak(
+        &self,
+        held: Duration,
+        location: &'static Location<'static>,
+        span: &tracing::Span,
+        contexts: Option<&[ObserverContext]>,
+    ) {
+        for (i, observer) in self.observers.iter().enumerate() {
+            let context = contexts
+                .and_then(|all| all.get(i))
+                .and_then(|c| c.as_deref());
+            let event = PoolEvent::LeakSuspected {
+                held,
+                location,
+                span,
+                context,
+            };
+            if catch_unwind(AssertUnwindSafe(|| observer.on_event(&self.name, &event))).is_err() {
+                tracing::error!(pool = %self.name, "a pool observer panicked; event dropped");
+            }
+        }
     }
 }
 

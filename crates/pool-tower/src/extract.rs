@@ -6,6 +6,7 @@ use std::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use opentelemetry::context::FutureExt;
 use opentelemetry::trace::{Span, Status, Tracer};
 use opentelemetry::{Context, KeyValue};
 use pool_core::{CheckoutError, CheckoutOutcome, ManageConnection, Pool, PooledConnection};
@@ -247,7 +248,11 @@ impl<M: ManageConnection> Db<M> {
                 let waiting = {
                     let mut state = slot.state.lock();
                     match std::mem::replace(&mut *state, State::Busy) {
-                        State::Held(conn) => return Ok(slot.lend(conn)),
+                        State::Held(mut conn) => {
+                            // Checked out ahead (eager mode): this line is where it is used.
+                            conn.set_location(location);
+                            return Ok(slot.lend(conn));
+                        }
                         State::Empty => None,
                         // Counted and listening before the lock is let go: whoever changes
                         // the state next sees the count and wakes this call.
@@ -312,7 +317,9 @@ async fn traced_checkout<M: ManageConnection>(
             KeyValue::new(semconv::CODE_LINE_NUMBER, i64::from(location.line())),
         ])
         .start_with_context(&tracer, parent);
-    let result = pool.get_at(location).await;
+    // The request's context is current while checking out, so what observers keep for a
+    // leak report (see `PoolObserver::checkout_context`) is the request's.
+    let result = pool.get_at(location).with_context(parent.clone()).await;
     let outcome = match &result {
         Ok(_) => CheckoutOutcome::Ok,
         Err(e) if e.is_circuit_open() => CheckoutOutcome::CircuitOpen,

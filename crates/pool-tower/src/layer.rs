@@ -1,6 +1,7 @@
 //! [`PoolLayer`]: one pool, shared by every clone of the service it wraps.
 
 use std::fmt;
+use std::panic::Location;
 use std::sync::Arc;
 
 use pool_core::{ManageConnection, Pool};
@@ -64,50 +65,72 @@ pub(crate) struct LayerShared<M: ManageConnection, R> {
     pub(crate) pool: Pool<M>,
     pub(crate) mode: Mode,
     pub(crate) rejection: R,
+    /// Where the layer was made (or made eager): the user's code, recorded for eager
+    /// checkouts, which no handler line asks for.
+    pub(crate) location: &'static Location<'static>,
 }
 
 impl<M: ManageConnection> PoolLayer<M> {
     /// A lazy layer over `pool` answering failures with [`JsonRejection`].
+    #[track_caller]
     pub fn new(pool: Pool<M>) -> Self {
         PoolLayer {
             shared: Arc::new(LayerShared {
                 pool,
                 mode: Mode::Lazy,
                 rejection: JsonRejection,
+                location: Location::caller(),
             }),
         }
     }
 }
 
 impl<M: ManageConnection, R: Clone> PoolLayer<M, R> {
-    fn with<R2>(&self, mode: Mode, rejection: R2) -> PoolLayer<M, R2> {
+    fn with<R2>(
+        &self,
+        mode: Mode,
+        rejection: R2,
+        location: &'static Location<'static>,
+    ) -> PoolLayer<M, R2> {
         PoolLayer {
             shared: Arc::new(LayerShared {
                 pool: self.shared.pool.clone(),
                 mode,
                 rejection,
+                location,
             }),
         }
     }
 
-    /// Check out before calling the inner service.
+    /// Check out before calling the inner service. Leak reports and checkout spans of such
+    /// checkouts name the line that called `eager()` (no handler line asked for them), until
+    /// a handler takes the connection with [`Db::conn`](crate::Db::conn): then its line.
+    #[track_caller]
     pub fn eager(self) -> Self {
-        self.with(Mode::Eager, self.shared.rejection.clone())
+        self.with(
+            Mode::Eager,
+            self.shared.rejection.clone(),
+            Location::caller(),
+        )
     }
 
     /// Check out on the handler's first use. The default.
     pub fn lazy(self) -> Self {
-        self.with(Mode::Lazy, self.shared.rejection.clone())
+        self.with(
+            Mode::Lazy,
+            self.shared.rejection.clone(),
+            self.shared.location,
+        )
     }
 
     /// Answer failures as gRPC UNAVAILABLE ([`GrpcRejection`]).
     pub fn grpc(self) -> PoolLayer<M, GrpcRejection> {
-        self.with(self.shared.mode, GrpcRejection)
+        self.with(self.shared.mode, GrpcRejection, self.shared.location)
     }
 
     /// Answer failures with your own [`Rejection`](crate::Rejection).
     pub fn rejection<R2>(self, rejection: R2) -> PoolLayer<M, R2> {
-        self.with(self.shared.mode, rejection)
+        self.with(self.shared.mode, rejection, self.shared.location)
     }
 
     /// The mode in force.

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::future::poll_fn;
-use std::panic::Location;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -80,7 +79,7 @@ where
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let rejection = self.shared.rejection.clone();
-                let location = Location::caller();
+                let location = self.shared.location;
                 ResponseFuture::eager(Box::pin(async move {
                     // Released when this future ends, completed or dropped midway.
                     let slot = ReleaseOnDrop(slot);

@@ -23,14 +23,15 @@
 //! # Ok(()) }
 //! ```
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge, ObservableUpDownCounter};
-use opentelemetry::trace::{Span, Tracer};
-use opentelemetry::{KeyValue, StringValue, Value};
+use opentelemetry::trace::{Span, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue, StringValue, Value};
 use pool_core::{
     BreakerState, CheckoutOutcome, ManageConnection, Pool, PoolEvent, PoolObserver, PoolStats,
 };
@@ -332,7 +333,29 @@ fn span(name: &'static str, attributes: Vec<KeyValue>) {
     span.end();
 }
 
+/// The current context, if its span is sampled.
+fn sampled_current() -> Option<Context> {
+    Context::map_current(|cx| cx.span().span_context().is_sampled().then(|| cx.clone()))
+}
+
+/// The leak span's parent: the request that holds the connection. That is the sampled
+/// OpenTelemetry context current at checkout (a native server span, or a `tracing` span
+/// made current by tracing-opentelemetry's context activation), else the context of the
+/// `tracing` span current at checkout, entered now (with context activation, entering it
+/// makes its OpenTelemetry span current). With neither, the leak span is a root.
+fn leak_parent(context: Option<&(dyn Any + Send + Sync)>, span: &tracing::Span) -> Context {
+    if let Some(cx) = context.and_then(|c| c.downcast_ref::<Context>()) {
+        return cx.clone();
+    }
+    span.in_scope(sampled_current).unwrap_or_default()
+}
+
 impl PoolObserver for TelemetryObserver {
+    /// The request's trace, when sampled: the parent of a leak report for this checkout.
+    fn checkout_context(&self, _pool: &str) -> Option<Box<dyn Any + Send + Sync>> {
+        sampled_current().map(|cx| Box::new(cx) as Box<dyn Any + Send + Sync>)
+    }
+
     fn on_event(&self, pool: &str, event: &PoolEvent<'_>) {
         let m = &*self.instruments;
         let other;
@@ -382,17 +405,25 @@ impl PoolObserver for TelemetryObserver {
                     ],
                 );
             }
-            PoolEvent::LeakSuspected { held, location, .. } => {
+            PoolEvent::LeakSuspected {
+                held,
+                location,
+                span,
+                context,
+                ..
+            } => {
                 m.leaks.add(1, attrs);
-                span(
-                    names::SPAN_LEAK,
-                    vec![
+                let tracer = opentelemetry::global::tracer(names::TRACER);
+                let mut leak = tracer
+                    .span_builder(names::SPAN_LEAK)
+                    .with_attributes([
                         attr.clone(),
                         KeyValue::new(names::CODE_FILE_PATH, location.file()),
                         KeyValue::new(names::CODE_LINE_NUMBER, i64::from(location.line())),
                         KeyValue::new(names::LEAK_HELD, held.as_secs_f64()),
-                    ],
-                );
+                    ])
+                    .start_with_context(&tracer, &leak_parent(*context, span));
+                leak.end();
             }
             PoolEvent::ForcedRecycle {
                 idle_closed,

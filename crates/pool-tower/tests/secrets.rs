@@ -304,7 +304,11 @@ async fn through_the_layer(pool: &Pool<Pg>, out: &mut String) {
         let response = layer.layer(handler).oneshot(sampled("/q")).await;
         out.push_str(&body_text(response.unwrap()).await);
     }
-    let router = Monitoring::new().token(TOKEN).pool(pool).unwrap().into_router();
+    let router = Monitoring::new()
+        .token(TOKEN)
+        .pool(pool)
+        .unwrap()
+        .into_router();
     for path in [
         "/monitoring/connection-pool",
         "/monitoring/circuit-breakers",
