@@ -214,7 +214,9 @@ async fn telemetry_pipeline() {
             .env("OTELCOL_OTLP_GRPC_ENDPOINT", "127.0.0.1:14317")
             .env("OTELCOL_OTLP_HTTP_ENDPOINT", "127.0.0.1:14318")
             .env("OTELCOL_PROMETHEUS_ENDPOINT", "127.0.0.1:8889")
-            .env("OTELCOL_BATCH_TIMEOUT", "500ms"),
+            .env("OTELCOL_BATCH_TIMEOUT", "500ms")
+            // Every span and log record, field by field, in the collector's log.
+            .env("OTELCOL_DEBUG_VERBOSITY", "detailed"),
         &work.join("collector.log"),
     );
     let _prometheus = spawn(
@@ -304,6 +306,17 @@ async fn telemetry_pipeline() {
         );
         assert_eq!(http(&addr, "GET", "/notes", &[], "").await.0, 200);
     }
+    // A request that continues a sampled trace: its server span (a `tracing` span, exported
+    // through tracing-opentelemetry) and the pool's checkout span under it reach the
+    // collector.
+    let trace_id = "5c1f2e3d4b5a69788796a5b4c3d2e1f0";
+    let caller_span = "00f067aa0ba902b7";
+    let traceparent = format!("traceparent: 00-{trace_id}-{caller_span}-01");
+    assert_eq!(
+        http(&addr, "GET", "/notes", &[&traceparent], "").await.0,
+        200
+    );
+
     // Exactly two checkout timeouts: three slow requests hold all three connections.
     let slow: Vec<_> = (0..3)
         .map(|_| {
@@ -539,5 +552,58 @@ async fn telemetry_pipeline() {
         (r.first()?["value"][1].as_str()? == "3").then_some(())
     })
     .await;
+
+    // The traced request, as the collector's debug exporter printed it: the server span
+    // continues the caller's span, and the checkout span is its child.
+    let collector_log = work.join("collector.log");
+    let (server, checkout) = eventually(
+        Duration::from_secs(30),
+        "the traced request's spans in the collector",
+        || async {
+            let spans = debug_spans(&std::fs::read_to_string(&collector_log).ok()?);
+            let ours: Vec<_> = spans
+                .into_iter()
+                .filter(|s| s.get("Trace ID").map(String::as_str) == Some(trace_id))
+                .collect();
+            let server = ours.iter().find(|s| s["Name"] == "GET /notes")?.clone();
+            let checkout = ours
+                .iter()
+                .find(|s| s["Name"] == "db.client.connection.pool.checkout")?
+                .clone();
+            Some((server, checkout))
+        },
+    )
+    .await;
+    assert_eq!(server["Parent ID"], caller_span, "{server:?}");
+    assert_eq!(server["Kind"], "Server", "{server:?}");
+    assert_eq!(checkout["Parent ID"], server["ID"], "{checkout:?}");
+    // And the pool's warnings reached it as log records.
+    let text = std::fs::read_to_string(&collector_log).unwrap();
+    assert!(
+        text.contains("Body: Str(checkout timed out)"),
+        "no pool warning among the collector's log records"
+    );
     std::fs::remove_dir_all(&work).ok();
+}
+
+/// The spans in the collector's debug exporter output (`detailed`): one map of the fields
+/// printed under each `Span #n` line (`Trace ID`, `Parent ID`, `ID`, `Name`, `Kind`, ...).
+fn debug_spans(log: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let mut spans = Vec::new();
+    let mut current: Option<std::collections::HashMap<String, String>> = None;
+    for line in log.lines() {
+        let line = line.trim();
+        if line.starts_with("Span #") {
+            spans.extend(current.take());
+            current = Some(Default::default());
+        } else if line.starts_with("ScopeSpans") || line.starts_with("ResourceSpans") {
+            spans.extend(current.take());
+        } else if let (Some(span), Some((key, value))) = (current.as_mut(), line.split_once(" : "))
+        {
+            span.entry(key.trim().to_owned())
+                .or_insert_with(|| value.trim().to_owned());
+        }
+    }
+    spans.extend(current);
+    spans
 }

@@ -37,13 +37,10 @@ use crate::semconv;
 /// use pool_tower::{Db, DbError};
 ///
 /// async fn count(db: Db<PostgresManager<NoTls>>) -> Result<String, DbError> {
-///     let conn = db.conn().await?;
-///     let n: i64 = conn
-///         .query_one("select count(*) from orders", &[])
-///         .await
-///         .map_err(DbError::query)?
-///         .get(0);
-///     Ok(n.to_string())
+///     let mut conn = db.conn().await?;
+///     // A failed query: reported to the breaker, answered 500, its cause logged.
+///     let row = conn.check(conn.query_one("select count(*) from orders", &[]).await)?;
+///     Ok(row.get::<_, i64>(0).to_string())
 /// }
 /// # }
 /// ```
@@ -369,6 +366,39 @@ pub struct DbConn<'a, M: ManageConnection> {
 }
 
 impl<M: ManageConnection> DbConn<'_, M> {
+    /// A query's result, made ready for `?`: an error is reported to the pool's breaker
+    /// (a connection-class error counts as a failure and the connection is closed rather
+    /// than reused, as with [`Pool::report_error`]) and becomes [`DbError::Query`], which
+    /// keeps it as its cause and answers 500 (the cause is logged, never sent).
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "axum")] mod demo {
+    /// use pool_core::postgres::PostgresManager;
+    /// use pool_core::postgres::tokio_postgres::NoTls;
+    /// use pool_tower::{Db, DbError};
+    ///
+    /// async fn count(db: Db<PostgresManager<NoTls>>) -> Result<String, DbError> {
+    ///     let mut conn = db.conn().await?;
+    ///     let row = conn.check(conn.query_one("select count(*) from orders", &[]).await)?;
+    ///     Ok(row.get::<_, i64>(0).to_string())
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::Query`] with `result`'s error.
+    pub fn check<T>(&mut self, result: Result<T, M::Error>) -> Result<T, DbError>
+    where
+        M::Error: std::error::Error + Send + Sync + 'static,
+    {
+        result.map_err(|error| {
+            let slot = self.slot;
+            slot.pool.report_error(self.pooled(), &error);
+            DbError::query(error)
+        })
+    }
+
     /// The pooled connection (for [`Pool::report_error`] and
     /// [`PooledConnection::discard`]).
     pub fn pooled(&mut self) -> &mut PooledConnection<M> {

@@ -17,21 +17,20 @@ use std::time::Duration;
 
 use pool_core::{PoolBuilder, PoolConfig};
 use pool_tower::{Monitoring, PoolTelemetry};
-use tracing_subscriber::EnvFilter;
 
 use store::Store;
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                EnvFilter::new("info,opentelemetry=warn,opentelemetry_sdk=warn")
-            }),
-        )
-        .init();
-    if let Err(e) = run().await {
+    let telemetry = match telemetry::init("axum-service") {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: telemetry: {e}");
+            std::process::exit(1);
+        }
+    };
+    telemetry.install_subscriber();
+    if let Err(e) = run(telemetry).await {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
@@ -77,7 +76,7 @@ fn args() -> Result<Args, String> {
     Ok(args)
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
+async fn run(telemetry: telemetry::Telemetry) -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
     let waits = Arc::new(load::WaitTimes::default());
     let load = args.load.map(|d| (d, args.workers));
@@ -96,7 +95,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             config.max_overflow = 4;
         }
     }
-    let telemetry = telemetry::init("axum-service")?;
     let instruments = PoolTelemetry::new(&opentelemetry::global::meter("axum-service"));
     let (token, generated) = match std::env::var("MONITORING_TOKEN") {
         Ok(t) if !t.trim().is_empty() => (t, false),

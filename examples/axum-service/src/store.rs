@@ -23,32 +23,33 @@ pub(crate) struct NewNote {
     pub(crate) body: String,
 }
 
-/// A database error, as text (never shown to clients).
-pub(crate) type StoreError = String;
+/// The driver's error (reported to the breaker and logged by `DbConn::check`, never shown to
+/// clients).
+pub(crate) type StoreError<S> = <<S as Store>::Manager as ManageConnection>::Error;
 
 /// One backend's queries.
 pub(crate) trait Store: Send + Sync + 'static {
-    type Manager: ManageConnection;
+    type Manager: ManageConnection<Error: std::error::Error + Send + Sync + 'static>;
 
     fn name() -> &'static str;
 
     fn migrate(
         conn: &mut <Self::Manager as ManageConnection>::Connection,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError<Self>>> + Send;
 
     fn create(
         conn: &mut <Self::Manager as ManageConnection>::Connection,
         note: NewNote,
-    ) -> impl Future<Output = Result<Note, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Note, StoreError<Self>>> + Send;
 
     fn list(
         conn: &mut <Self::Manager as ManageConnection>::Connection,
-    ) -> impl Future<Output = Result<Vec<Note>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Note>, StoreError<Self>>> + Send;
 
     fn get(
         conn: &mut <Self::Manager as ManageConnection>::Connection,
         id: i64,
-    ) -> impl Future<Output = Result<Option<Note>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<Note>, StoreError<Self>>> + Send;
 }
 
 pub(crate) struct Postgres;
@@ -68,7 +69,9 @@ impl Store for Postgres {
         "PostgreSQL"
     }
 
-    async fn migrate(conn: &mut pool_core::postgres::PostgresConnection) -> Result<(), StoreError> {
+    async fn migrate(
+        conn: &mut pool_core::postgres::PostgresConnection,
+    ) -> Result<(), StoreError<Self>> {
         conn.batch_execute(
             "create table if not exists notes (
                  id bigserial primary key,
@@ -77,20 +80,18 @@ impl Store for Postgres {
              )",
         )
         .await
-        .map_err(|e| e.to_string())
     }
 
     async fn create(
         conn: &mut pool_core::postgres::PostgresConnection,
         note: NewNote,
-    ) -> Result<Note, StoreError> {
+    ) -> Result<Note, StoreError<Self>> {
         let row = conn
             .query_one(
                 "insert into notes (title, body) values ($1, $2) returning id",
                 &[&note.title, &note.body],
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(Note {
             id: row.get(0),
             title: note.title,
@@ -100,22 +101,20 @@ impl Store for Postgres {
 
     async fn list(
         conn: &mut pool_core::postgres::PostgresConnection,
-    ) -> Result<Vec<Note>, StoreError> {
+    ) -> Result<Vec<Note>, StoreError<Self>> {
         let rows = conn
             .query("select id, title, body from notes order by id", &[])
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(rows.iter().map(pg_note).collect())
     }
 
     async fn get(
         conn: &mut pool_core::postgres::PostgresConnection,
         id: i64,
-    ) -> Result<Option<Note>, StoreError> {
+    ) -> Result<Option<Note>, StoreError<Self>> {
         let row = conn
             .query_opt("select id, title, body from notes where id = $1", &[&id])
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(row.as_ref().map(pg_note))
     }
 }
@@ -137,7 +136,9 @@ impl Store for Sqlite {
         "SQLite (embedded)"
     }
 
-    async fn migrate(conn: &mut pool_core::sqlite::SqliteConnection) -> Result<(), StoreError> {
+    async fn migrate(
+        conn: &mut pool_core::sqlite::SqliteConnection,
+    ) -> Result<(), StoreError<Self>> {
         conn.call(|c| {
             c.execute_batch(
                 "create table if not exists notes (
@@ -148,13 +149,12 @@ impl Store for Sqlite {
             )
         })
         .await
-        .map_err(|e| e.to_string())
     }
 
     async fn create(
         conn: &mut pool_core::sqlite::SqliteConnection,
         note: NewNote,
-    ) -> Result<Note, StoreError> {
+    ) -> Result<Note, StoreError<Self>> {
         conn.call(move |c| {
             c.execute(
                 "insert into notes (title, body) values (?1, ?2)",
@@ -167,10 +167,11 @@ impl Store for Sqlite {
             })
         })
         .await
-        .map_err(|e| e.to_string())
     }
 
-    async fn list(conn: &mut pool_core::sqlite::SqliteConnection) -> Result<Vec<Note>, StoreError> {
+    async fn list(
+        conn: &mut pool_core::sqlite::SqliteConnection,
+    ) -> Result<Vec<Note>, StoreError<Self>> {
         conn.call(|c| {
             let mut stmt = c.prepare("select id, title, body from notes order by id")?;
             let notes = stmt
@@ -179,19 +180,17 @@ impl Store for Sqlite {
             Ok(notes)
         })
         .await
-        .map_err(|e| e.to_string())
     }
 
     async fn get(
         conn: &mut pool_core::sqlite::SqliteConnection,
         id: i64,
-    ) -> Result<Option<Note>, StoreError> {
+    ) -> Result<Option<Note>, StoreError<Self>> {
         conn.call(move |c| {
             let mut stmt = c.prepare("select id, title, body from notes where id = ?1")?;
             let mut rows = stmt.query_map([id], note_from)?;
             rows.next().transpose()
         })
         .await
-        .map_err(|e| e.to_string())
     }
 }
