@@ -642,7 +642,6 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
                 });
             }
         }
-        shared.exhaustion_may_end();
         if shared.has_observers() {
             shared.emit(&PoolEvent::Returned { held });
         }

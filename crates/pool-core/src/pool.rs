@@ -682,14 +682,21 @@ impl<'a> Waiting<'a> {
 
     fn done(&mut self) {
         self.finished = true;
-        self.shared.counters.pending.fetch_sub(1, Relaxed);
+        self.stop();
+    }
+
+    /// The last waiter to stop waiting ends the exhaustion episode going on, if any.
+    fn stop(&self) {
+        if self.shared.counters.pending.fetch_sub(1, Relaxed) == 1 {
+            self.shared.exhaustion_may_end();
+        }
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            self.shared.counters.pending.fetch_sub(1, Relaxed);
+            self.stop();
         }
     }
 }

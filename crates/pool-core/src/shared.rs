@@ -590,7 +590,7 @@ impl Shared {
         }
     }
 
-    /// A return with nobody waiting ends the episode going on, if any.
+    /// With nobody waiting any more, the episode going on, if any, is over.
     #[inline]
     pub(crate) fn exhaustion_may_end(&self) {
         let counters = &self.counters;

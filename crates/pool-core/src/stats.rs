@@ -39,13 +39,15 @@ pub struct PoolStats {
     pub pending: u64,
     /// `in_use / max_size`, from 0 to 1.
     pub utilization: f64,
-    /// The monitor's current level.
+    /// The utilization level: raised by the checkout that reaches a threshold, lowered once
+    /// utilization has stayed below it (minus a 5-point hysteresis band) for a
+    /// [`LEVEL_WINDOW`](crate::LEVEL_WINDOW), so 2 to 4 s after it falls.
     pub utilization_level: UtilizationLevel,
     /// Every connection in use and checkouts waiting.
     pub exhausted: bool,
     /// How many times the pool became exhausted: every connection in use with a checkout
-    /// waiting, however it came about (a burst, slow queries, a lock). An episode ends at a
-    /// return with nobody waiting.
+    /// waiting, however it came about (a burst, slow queries, a lock). An episode ends when
+    /// no checkout waits any more (each got a connection, timed out or gave up).
     pub exhaustion_episodes: u64,
     /// How long ago the pool was last exhausted: zero while it is, else since the last
     /// episode ended; `None` if it never was (`last_exhausted_age_seconds` in JSON).
@@ -112,7 +114,10 @@ pub struct PoolStats {
     pub sessions_reset: u64,
     /// The circuit breaker.
     pub breaker: BreakerStats,
-    /// The last connect or ping error, passwords hidden.
+    /// The last connect or ping error, passwords hidden, as the backend describes it
+    /// (PostgreSQL and SQLite: the driver's message; a custom manager: its `Debug` text
+    /// unless [`PoolBuilder::describe_errors`](crate::PoolBuilder::describe_errors) says
+    /// otherwise).
     pub last_error: Option<String>,
     /// How long ago `last_error` happened (`last_error_age_seconds` in JSON).
     #[cfg_attr(
@@ -169,7 +174,8 @@ impl ClosedConnections {
 pub struct BreakerStats {
     /// The current state.
     pub state: BreakerState,
-    /// Failures since the last success.
+    /// Failures counted toward opening it since the last success (failed recovery probes
+    /// are not counted here; they show in `connection_failures` and `next_probe_in`).
     pub consecutive_failures: u32,
     /// State changes so far.
     pub transitions: u64,

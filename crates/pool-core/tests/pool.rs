@@ -1387,3 +1387,247 @@ async fn an_exhaustion_reached_while_checkouts_already_wait_is_an_episode() {
     assert_eq!((s.exhaustion_episodes, s.exhausted), (1, false));
     assert_eq!(s.checkouts_waited, 3);
 }
+
+/// Every field of the stats, pinned to what the test did, step by step (paused time, so the
+/// ages are exact). Session resets are pinned by the PostgreSQL tests (they need a session).
+#[tokio::test(start_paused = true)]
+async fn every_stats_field_is_what_the_test_did() {
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(1)
+        .checkout_timeout(Duration::from_millis(500))
+        .idle_timeout(Duration::from_secs(10))
+        .max_lifetime(Duration::from_secs(3600))
+        .leak_threshold(Duration::from_secs(2))
+        .health_interval(Duration::from_secs(60))
+        .breaker(breaker(1))
+        .build(manager)
+        .unwrap();
+    pool.warm_up().await.unwrap();
+    let mut want = pool.stats();
+    assert_eq!(want.name, "mem");
+    assert_eq!(
+        (want.max_size, want.base_size, want.max_overflow),
+        (2, 1, 1)
+    );
+    assert_eq!((want.size, want.in_use, want.idle), (1, 0, 1));
+    assert_eq!(want.connections_created, 1);
+    assert_eq!(want.monitor, MonitorStatus::Running);
+    for zero in [
+        want.pending,
+        want.exhaustion_episodes,
+        want.checkouts_direct,
+        want.checkouts_waited,
+        want.checkout_timeouts,
+        want.checkouts_rejected,
+        want.connection_failures,
+        want.connections_closed.total(),
+        want.health_checks_ok,
+        want.health_checks_failed,
+        want.leaks_suspected,
+        want.leaks_outstanding,
+        want.sessions_reset,
+        want.breaker.transitions,
+        want.breaker.opened,
+        want.breaker.rejected,
+    ] {
+        assert_eq!(zero, 0, "{want:?}");
+    }
+    assert_eq!(
+        (
+            want.last_timeout_age,
+            want.last_exhausted_age,
+            want.last_leak_age
+        ),
+        (None, None, None)
+    );
+    assert_eq!(
+        (want.last_error.as_deref(), want.last_error_age),
+        (None, None)
+    );
+    assert_eq!(want.breaker.last_transition_age, None);
+
+    // Three checkouts one after another: direct.
+    for _ in 0..3 {
+        drop(pool.get().await.unwrap());
+    }
+    want.checkouts_direct = 3;
+    assert_eq!(pool.stats(), want);
+
+    // Both connections out (the second queues while the overflow one opens), then a third
+    // checkout that waits 500 ms with every connection out: one timeout, one exhaustion.
+    let a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    assert!(pool.get().await.unwrap_err().is_timeout());
+    want.checkouts_direct = 4;
+    want.checkouts_waited = 1;
+    want.connections_created = 2;
+    want.checkout_timeouts = 1;
+    want.exhaustion_episodes = 1;
+    want.last_timeout_age = Some(Duration::ZERO);
+    // Over when the last waiter gave up: every connection is still out, but nobody waits.
+    want.last_exhausted_age = Some(Duration::ZERO);
+    want.wait_time_total = Duration::from_millis(500);
+    want.wait_time_max_recent = Duration::from_millis(500);
+    (want.size, want.in_use, want.idle, want.overflow_in_use) = (2, 2, 0, 1);
+    want.utilization = 1.0;
+    want.utilization_level = UtilizationLevel::Critical;
+    assert_eq!(pool.stats(), want);
+
+    // Held past the leak threshold: checked out at 0 s, the timeout ended at 0.5 s, now it
+    // is 3 s; the scanner (every 0.5 s) found both at 2 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    want.leaks_suspected = 2;
+    want.leaks_outstanding = 2;
+    want.last_leak_age = Some(Duration::from_secs(1));
+    want.last_timeout_age = Some(Duration::from_millis(2500));
+    want.last_exhausted_age = Some(Duration::from_millis(2500));
+    assert_eq!(pool.stats(), want);
+    drop((a, b));
+    tokio::time::sleep(LEVEL_WINDOW * 2).await;
+    want.leaks_outstanding = 0;
+    (want.size, want.in_use, want.idle) = (2, 0, 2);
+    want.utilization = 0.0;
+    want.utilization_level = UtilizationLevel::Normal;
+    let later = LEVEL_WINDOW * 2;
+    want.last_leak_age = Some(Duration::from_secs(1) + later);
+    want.last_timeout_age = Some(Duration::from_millis(2500) + later);
+    want.last_exhausted_age = Some(Duration::from_millis(2500) + later);
+    assert_eq!(pool.stats(), want);
+    // The ages from here on: events at fixed times, read at `now` (seconds since 0).
+    let age = |at: f64, now: f64| Some(Duration::from_secs_f64(now - at));
+    let set_ages = |want: &mut pool_core::PoolStats, now: f64| {
+        want.last_timeout_age = age(0.5, now);
+        want.last_exhausted_age = age(0.5, now);
+        want.last_leak_age = age(2.0, now);
+    };
+
+    // Both idle since 3 s; the one above the base goes after 10 s idle, at the reaper's
+    // next walk (every 2.5 s): 15 s.
+    tokio::time::sleep(Duration::from_millis(8500)).await; // now 15.5 s
+    want.connections_closed.idle_timeout = 1;
+    (want.size, want.idle, want.overflow_in_use) = (1, 1, 0);
+    set_ages(&mut want, 15.5);
+    assert_eq!(pool.stats(), want);
+
+    // A connection found broken (discarded by its borrower) and one retired by
+    // `force_recycle`; the base is opened again each time.
+    let mut c = pool.get().await.unwrap();
+    c.discard();
+    drop(c);
+    pool.warm_up().await.unwrap();
+    pool.force_recycle();
+    pool.warm_up().await.unwrap();
+    want.checkouts_direct += 1;
+    want.connections_closed.broken = 1;
+    want.connections_closed.forced = 1;
+    want.connections_created = 4;
+    assert_eq!(pool.stats(), want);
+
+    // The monitor's health probe at 60 s finds the idle pool well.
+    tokio::time::sleep(Duration::from_millis(45_600)).await; // now 61.1 s
+    want.health_checks_ok = 1;
+    set_ages(&mut want, 61.1);
+    assert_eq!(pool.stats(), want);
+
+    // An outage: the idle connection's pre-ping fails (closed as invalid), which opens the
+    // breaker (threshold 1), so the checkout is turned away; the background probes then
+    // fail until the database is back, and two in a row close the breaker.
+    state.fail_ping.store(true, SeqCst);
+    state.fail_connect.store(true, SeqCst);
+    assert!(pool.get().await.unwrap_err().is_circuit_open());
+    want.connections_closed.invalid = 1;
+    (want.size, want.idle) = (0, 0);
+    want.checkouts_rejected = 1;
+    want.breaker.rejected = 1;
+    want.breaker.opened = 1;
+    want.breaker.transitions = 1;
+    want.breaker.state = BreakerState::Open;
+    want.breaker.consecutive_failures = 1;
+    want.breaker.last_transition_age = Some(Duration::ZERO);
+    want.breaker.next_probe_in = Some(FIRST_PROBE_DELAY);
+    // A custom manager's errors are described with `Debug` unless told otherwise
+    // (`PoolBuilder::describe_errors`).
+    want.last_error = Some(r#"MemError("ping failed")"#.into());
+    want.last_error_age = Some(Duration::ZERO);
+    assert_eq!(pool.stats(), want);
+
+    // Probes 0.1, 0.3 and 0.7 s after it opened fail (they are not counted as consecutive
+    // failures: those are what opened it); the next is due 0.8 s after the third, at
+    // 1.5 s; the database is back at 1 s, so that probe makes it half-open and the next,
+    // at once, closes it. Both probe connections join the pool.
+    tokio::time::sleep(Duration::from_secs(1)).await; // now 62.1 s
+    want.connection_failures = 3;
+    want.breaker.next_probe_in = Some(Duration::from_millis(500));
+    want.last_error = Some(r#"MemError("connection refused")"#.into());
+    want.last_error_age = Some(Duration::from_millis(300));
+    want.breaker.last_transition_age = Some(Duration::from_secs(1));
+    set_ages(&mut want, 62.1);
+    assert_eq!(pool.stats(), want);
+    state.fail_ping.store(false, SeqCst);
+    state.fail_connect.store(false, SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await; // now 63.1 s
+    want.connections_created = 6;
+    (want.size, want.idle) = (2, 2);
+    want.overflow_in_use = 1;
+    want.breaker.state = BreakerState::Closed;
+    want.breaker.transitions = 3;
+    want.breaker.consecutive_failures = 0;
+    want.breaker.next_probe_in = None;
+    want.breaker.last_transition_age = Some(Duration::from_millis(500));
+    want.last_error_age = Some(Duration::from_millis(1300));
+    set_ages(&mut want, 63.1);
+    assert_eq!(pool.stats(), want);
+
+    // An hour on: the connection above the base closes idle (10 s after 62.6 s, at the
+    // reaper's walk at 75 s), the base one at the end of its lifetime (jittered, at most
+    // 3600 s after 62.6 s) and is opened again; the health probe ran every minute from 120 s
+    // to 3660 s, 60 times.
+    tokio::time::sleep(Duration::from_secs(3600)).await; // now 3663.1 s
+    want.connections_closed.idle_timeout = 2;
+    want.connections_closed.max_lifetime = 1;
+    want.connections_created = 7;
+    (want.size, want.idle, want.overflow_in_use) = (1, 1, 0);
+    want.health_checks_ok = 61;
+    want.breaker.last_transition_age = Some(Duration::from_millis(3_600_500));
+    want.last_error_age = Some(Duration::from_millis(3_601_300));
+    // The longest recent wait: none in the last two monitor intervals.
+    want.wait_time_max_recent = Duration::ZERO;
+    set_ages(&mut want, 3663.1);
+    assert_eq!(pool.stats(), want);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_connection_a_full_pool_has_no_room_for_is_closed_as_overflow() {
+    // Every connection out when an operation times out and opens the breaker (threshold
+    // 1): the database is fine, so the first probe connects, but the pool has no room.
+    let (manager, _state) = MemManager::new();
+    let pool = builder()
+        .base_size(1)
+        .max_overflow(1)
+        .breaker(breaker(1))
+        .build(manager)
+        .unwrap();
+    let mut a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    a.report_operation_timeout(Duration::from_secs(30));
+    assert_eq!(pool.breaker_state(), BreakerState::Open);
+    tokio::time::sleep(FIRST_PROBE_DELAY * 2).await;
+    let s = pool.stats();
+    assert_eq!(s.connections_created, 4, "two borrowed, two probes: {s:?}");
+    // Both probes (half-open after the first, closed after the second) found no room.
+    assert_eq!(
+        s.connections_closed.overflow, 2,
+        "{:?}",
+        s.connections_closed
+    );
+    assert_eq!(s.connections_closed.total(), 2);
+    assert_eq!(s.breaker.state, BreakerState::Closed);
+    drop((a, b));
+    // The one that timed out is closed as broken; the other goes back.
+    let s = pool.stats();
+    assert_eq!(s.connections_closed.broken, 1, "{:?}", s.connections_closed);
+    assert_eq!(s.connections_closed.total(), 3);
+    assert_eq!((s.size, s.idle), (1, 1));
+}
