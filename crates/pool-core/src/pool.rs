@@ -274,38 +274,12 @@ impl<M: ManageConnection> Pool<M> {
         self.checkout(location)
     }
 
-    async fn checkout(
-        &self,
-        location: &'static Location<'static>,
-    ) -> Result<PooledConnection<M>, CheckoutError> {
-        let shared = &self.inner.shared;
-        shared.admit()?;
-        let start = shared.clock.now();
-        {
-            // The common case: an idle connection, used within the bypass window, on the first
-            // poll. No timer, no pending count, no second clock read; it counts as no wait.
-            let mut get = pin!(self.inner.bb8.get_owned());
-            let first = poll_fn(|cx| match get.as_mut().poll(cx) {
-                Poll::Ready(result) => Poll::Ready(Some(result)),
-                Poll::Pending => Poll::Ready(None),
-            });
-            if let Some(Ok(mut conn)) = first.await {
-                match self.inner.managed.verdict(&mut conn, start) {
-                    Verdict::Valid => {
-                        return Ok(self.hand_out(conn, start, Duration::ZERO, true, location))
-                    }
-                    Verdict::Ping | Verdict::Reset => {
-                        return Box::pin(self.checkout_slow(start, location, Some(conn))).await
-                    }
-                    Verdict::Retired => drop(conn),
-                }
-            }
+    fn checkout(&self, location: &'static Location<'static>) -> Checkout<'_, M> {
+        Checkout {
+            pool: self,
+            location,
+            slow: None,
         }
-        // The first attempt's `get` ended with the block above: still alive, it would stay
-        // queued in bb8 beside the slow path's, and bb8 would open a connection for each.
-        // Boxed: the slow path's state is large, and keeping it out of line keeps the future
-        // that every checkout creates (and moves) small.
-        Box::pin(self.checkout_slow(start, location, None)).await
     }
 
     #[inline]
@@ -656,6 +630,60 @@ impl<M: ManageConnection> Pool<M> {
             last_error_age,
             monitor: MonitorStatus::from_u8(shared.monitor_status.load(Relaxed)),
         }
+    }
+}
+
+type SlowCheckout<'a, M> =
+    Pin<Box<dyn Future<Output = Result<PooledConnection<M>, CheckoutError>> + Send + 'a>>;
+
+/// The future of [`Pool::get`]. Its first poll tries the common case, an idle connection
+/// used within the bypass window, in place: bb8's checkout future lives on the stack for
+/// that one poll, so this future stays a few words (it is created and moved by every
+/// checkout, and nested in the futures of whoever awaits it). Anything else (a wait, a
+/// pre-ping, a reset, a retired connection) continues in the slow path, boxed.
+struct Checkout<'a, M: ManageConnection> {
+    pool: &'a Pool<M>,
+    location: &'static Location<'static>,
+    slow: Option<SlowCheckout<'a, M>>,
+}
+
+impl<M: ManageConnection> Future for Checkout<'_, M> {
+    type Output = Result<PooledConnection<M>, CheckoutError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(slow) = &mut self.slow {
+            return slow.as_mut().poll(cx);
+        }
+        let (pool, location) = (self.pool, self.location);
+        let shared = &pool.inner.shared;
+        shared.admit()?;
+        let start = shared.clock.now();
+        let candidate = {
+            let mut get = pin!(pool.inner.bb8.get_owned());
+            match get.as_mut().poll(cx) {
+                Poll::Ready(Ok(mut conn)) => match pool.inner.managed.verdict(&mut conn, start) {
+                    Verdict::Valid => {
+                        return Poll::Ready(Ok(pool.hand_out(
+                            conn,
+                            start,
+                            Duration::ZERO,
+                            true,
+                            location,
+                        )))
+                    }
+                    Verdict::Ping | Verdict::Reset => Some(conn),
+                    Verdict::Retired => None,
+                },
+                _ => None,
+            }
+            // A `get` still pending ends here: alive, it would stay queued in bb8 beside
+            // the slow path's, and bb8 would open a connection for each.
+        };
+        let mut slow: SlowCheckout<'_, M> =
+            Box::pin(pool.checkout_slow(start, location, candidate));
+        let polled = slow.as_mut().poll(cx);
+        self.slow = Some(slow);
+        polled
     }
 }
 

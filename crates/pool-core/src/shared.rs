@@ -140,12 +140,22 @@ pub(crate) type ObserverContext = Option<Box<dyn std::any::Any + Send + Sync>>;
 
 impl Shared {
     /// Registers a checkout with the leak registry (when leak detection is on).
+    #[inline]
     pub(crate) fn register_leak(
         &self,
         location: &'static Location<'static>,
         since: Stamp,
     ) -> Option<NonZeroU64> {
         let leaks = self.leaks.as_ref()?;
+        Some(self.register_leak_in(leaks, location, since))
+    }
+
+    fn register_leak_in(
+        &self,
+        leaks: &LeakRegistry,
+        location: &'static Location<'static>,
+        since: Stamp,
+    ) -> NonZeroU64 {
         let id = NonZeroU64::MIN.saturating_add(leaks.next_id.fetch_add(1, Relaxed));
         let mut contexts = None;
         for (i, observer) in self.observers.iter().enumerate() {
@@ -169,7 +179,7 @@ impl Shared {
             reported: false,
         };
         leaks.entries.lock().insert(id, entry);
-        Some(id)
+        id
     }
 
     /// Records `location` as where the connection under `id` is used from.

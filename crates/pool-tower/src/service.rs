@@ -118,15 +118,17 @@ fn sampled_parent<B>(req: &Request<B>) -> Option<opentelemetry::Context> {
     }
     // W3C `traceparent` (`00-<trace id>-<span id>-<flags>`): an unsampled flag byte settles it
     // without a full extraction (which allocates a context per request).
-    if let Some(flags) = req
+    // Read as bytes: validating the whole value as text would cost more than the rest.
+    if let Some(&[hi, lo]) = req
         .headers()
         .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.get(53..55))
-        .and_then(|f| u8::from_str_radix(f, 16).ok())
+        .and_then(|v| v.as_bytes().get(53..55))
     {
-        if flags & 1 == 0 {
-            return None;
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if let (Some(_), Some(lo)) = (hex(hi), hex(lo)) {
+            if lo & 1 == 0 {
+                return None;
+            }
         }
     }
     let extracted = opentelemetry::global::get_text_map_propagator(|propagator| {
