@@ -307,6 +307,26 @@ impl<M: ManageConnection> PoolBuilder<M> {
             on_return,
             on_checkout,
             reset,
+            park: None,
+        }));
+        self
+    }
+
+    /// [`PoolBuilder::reset_with`], with a place to leave connections returned while their
+    /// driver still has work queued (see `connection::Park`).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn reset_and_park_with(
+        mut self,
+        on_return: fn(&M::Connection) -> bool,
+        on_checkout: fn(&M::Connection) -> bool,
+        reset: crate::connection::ResetFn<M::Connection>,
+        park: crate::connection::ParkFn<M::Connection>,
+    ) -> Self {
+        self.reset = Some(Arc::new(crate::connection::ResetHooks {
+            on_return,
+            on_checkout,
+            reset,
+            park: Some(park),
         }));
         self
     }

@@ -40,6 +40,26 @@ pub(crate) struct ResetHooks<C> {
     pub(crate) on_return: fn(&C) -> bool,
     pub(crate) on_checkout: fn(&C) -> bool,
     pub(crate) reset: ResetFn<C>,
+    /// For a connection returned while its driver has work queued that the stream has not
+    /// shown yet: where to leave it until the driver has run (see [`Park`]).
+    pub(crate) park: Option<ParkFn<C>>,
+}
+
+/// Where a returned connection can wait for its driver, if it must (see [`Park`]).
+pub(crate) type ParkFn<C> = fn(&C) -> Option<Arc<dyn Park>>;
+
+/// What to do with a parked connection once its driver has run: check its session and put
+/// it back, or reset it first.
+pub(crate) type Release = Box<dyn FnOnce() + Send>;
+
+/// Holds a returned connection until the task driving it has written what was queued on it
+/// (PostgreSQL: a query queued by a future dropped just before the return), then releases
+/// it, from that task. The next borrower then finds the session as the server will see it,
+/// without waiting for the driver itself.
+pub(crate) trait Park: Send + Sync {
+    /// Keeps `release` until the driver has run; `Err(release)` if it already has (run it
+    /// now).
+    fn park(&self, release: Release) -> Result<(), Release>;
 }
 
 impl<C: 'static> ResetHooks<C> {
@@ -604,7 +624,7 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
         // A session that needs a reset stays out of the pool (and in use) until it is
         // clean; one the pool closes anyway (its lifetime is over, a forced recycle) is not
         // worth the round trip.
-        let reset = match ResetHooks::<M::Connection>::of(&guard.meta.shared) {
+        let (reset, park) = match ResetHooks::<M::Connection>::of(&guard.meta.shared) {
             Some(hooks)
                 // The session check first: a few atomics, and almost always clean, so the
                 // lifetime check (bb8's `has_broken` makes it again) is seldom repeated.
@@ -612,9 +632,21 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
                     && guard.meta.close.is_none()
                     && guard.meta.retire_reason(now).is_none() =>
             {
-                Some(hooks.reset)
+                (Some(hooks.reset), None)
             }
-            _ => None,
+            // A connection the pool closes anyway need not wait for its driver.
+            Some(hooks)
+                if guard.meta.close.is_none() && guard.meta.retire_reason(now).is_none() =>
+            {
+                (
+                None,
+                hooks
+                    .park
+                    .and_then(|park| park(&guard.conn))
+                    .map(|slot| (slot, hooks.on_return, hooks.reset)),
+                )
+            }
+            _ => (None, None),
         };
         let meta = &mut *guard.meta;
         let shared = &*meta.shared;
@@ -647,6 +679,8 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
         }
         if let Some(reset) = reset {
             self.start_reset(reset);
+        } else if let Some((slot, on_return, reset)) = park {
+            self.park(slot, on_return, reset);
         }
     }
 }
@@ -658,20 +692,58 @@ impl<M: ManageConnection> PooledConnection<M> {
     /// before the task exists, so a task that never runs (the runtime shutting down) closes
     /// it rather than putting it back.
     fn start_reset(&mut self, reset: ResetFn<M::Connection>) {
-        let Some(mut conn) = self.conn.take() else {
+        if let Some(conn) = self.conn.take() {
+            spawn_reset(conn, reset, true);
+        }
+    }
+
+    /// Leaves a connection whose driver has work queued with the driver (see [`Park`]),
+    /// which releases it after its next run: back to the pool if the session is then clean,
+    /// else through a reset. Its return is already counted.
+    fn park(
+        &mut self,
+        slot: Arc<dyn Park>,
+        on_return: fn(&M::Connection) -> bool,
+        reset: ResetFn<M::Connection>,
+    ) {
+        let Some(conn) = self.conn.take() else {
             return;
         };
-        conn.meta.close = Some(CloseReason::Invalid);
-        let shared = conn.meta.shared.clone();
-        let runtime = shared.runtime.clone();
-        runtime.spawn(async move {
-            let limit = shared.config.validation_timeout;
-            let outcome = tokio::time::timeout(limit, reset(&mut conn.conn)).await;
-            finish_reset(&shared, &mut conn, outcome);
-            shared.counters.count_return();
-            drop(conn);
+        let release: Release = Box::new(move || {
+            if on_return(&conn.conn) {
+                spawn_reset(conn, reset, false);
+            } else {
+                drop(conn);
+            }
         });
+        if let Err(release) = slot.park(release) {
+            release();
+        }
     }
+}
+
+/// Resets a returned connection's session in a task on the pool's runtime, then lets bb8
+/// take it back (closed if the reset failed), counting the return if `count` (a parked
+/// connection's return was counted when it was parked). It is marked for closing before the
+/// task exists, so a task that never runs (the runtime shutting down) closes it rather than
+/// putting it back.
+fn spawn_reset<M: ManageConnection>(
+    mut conn: bb8::PooledConnection<'static, Managed<M>>,
+    reset: ResetFn<M::Connection>,
+    count: bool,
+) {
+    conn.meta.close = Some(CloseReason::Invalid);
+    let shared = conn.meta.shared.clone();
+    let runtime = shared.runtime.clone();
+    runtime.spawn(async move {
+        let limit = shared.config.validation_timeout;
+        let outcome = tokio::time::timeout(limit, reset(&mut conn.conn)).await;
+        finish_reset(&shared, &mut conn, outcome);
+        if count {
+            shared.counters.count_return();
+        }
+        drop(conn);
+    });
 }
 
 /// What a reset's outcome means for the connection: reusable (its close mark lifted), or

@@ -335,28 +335,48 @@ impl<M: ManageConnection> Pool<M> {
                 .checkout_timeout
                 .saturating_sub(shared.clock.now().saturating_since(start));
         let mut queued = false;
-        let attempt = tokio::time::timeout_at(deadline, async {
-            loop {
-                let mut conn = match candidate.take() {
-                    Some(conn) => conn,
-                    None => {
-                        let (conn, waited) = self.next_connection().await?;
-                        queued |= waited;
-                        conn
+        // The first wait, when nothing came before it, is bounded by bb8's own timeout, which
+        // is the checkout timeout: no timer of ours for the common case (one wait, a
+        // connection that needs no I/O). Validation I/O and any later wait get what is left
+        // of the checkout timeout.
+        let mut first_wait = candidate.is_none();
+        let result = loop {
+            let mut conn = match candidate.take() {
+                Some(conn) => conn,
+                None => {
+                    let next = if std::mem::take(&mut first_wait) {
+                        self.next_connection().await
+                    } else {
+                        match tokio::time::timeout_at(deadline, self.next_connection()).await {
+                            Ok(next) => next,
+                            Err(_elapsed) => break Err(None),
+                        }
+                    };
+                    match next {
+                        Ok((conn, waited)) => {
+                            queued |= waited;
+                            conn
+                        }
+                        Err(Next::Rejected(e)) => return Err(e),
+                        Err(Next::Failed(e)) => break Err(Some(e)),
                     }
-                };
-                if managed.validate(&mut conn, shared.clock.now()).await {
-                    return Ok(conn);
                 }
+            };
+            match managed.verdict(&mut conn, shared.clock.now()) {
+                Verdict::Valid => break Ok(conn),
                 // Condemned (reason set): dropping it closes it. Try another.
+                Verdict::Retired => continue,
+                Verdict::Ping | Verdict::Reset => {}
             }
-        })
-        .await;
-        let result = match attempt {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(Next::Rejected(e))) => return Err(e),
-            Ok(Err(Next::Failed(e))) => Err(Some(e)),
-            Err(_elapsed) => Err(None),
+            match tokio::time::timeout_at(deadline, managed.validate(&mut conn, shared.clock.now()))
+                .await
+            {
+                Ok(true) => break Ok(conn),
+                // Condemned: dropping it closes it. Try another.
+                Ok(false) => continue,
+                // Condemned until validated, so closed when dropped here.
+                Err(_elapsed) => break Err(None),
+            }
         };
         let now = shared.clock.now();
         let waited = now.saturating_since(start);
@@ -658,7 +678,13 @@ impl<M: ManageConnection> Future for Checkout<'_, M> {
         let shared = &pool.inner.shared;
         shared.admit()?;
         let start = shared.clock.now();
-        let candidate = {
+        // Every open connection out (the pool under load): the slow path at once, with one
+        // bb8 checkout instead of a first one that would queue and be dropped. A stale read
+        // only sends a checkout down the other path, which also works.
+        let counters = &shared.counters;
+        let candidate = if counters.open.load(Relaxed) <= counters.in_use() {
+            None
+        } else {
             let mut get = pin!(pool.inner.bb8.get_owned());
             match get.as_mut().poll(cx) {
                 Poll::Ready(Ok(mut conn)) => match pool.inner.managed.verdict(&mut conn, start) {

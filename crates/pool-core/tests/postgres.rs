@@ -80,7 +80,7 @@ async fn base_two_plus_overflow_three_grows_to_five_and_shrinks_to_two_once_idle
     assert_eq!((s.size, s.in_use, s.idle), (5, 5, 0));
     assert_eq!(s.utilization, 1.0);
     drop(held);
-    let s = pool.stats();
+    let s = at_rest(&pool, 5).await;
     assert_eq!(
         (s.size, s.in_use, s.idle),
         (5, 0, 5),
@@ -301,7 +301,9 @@ async fn terminated_backends_are_replaced_by_pre_ping_without_an_error() {
         );
     }
     drop(held);
-    let s = pool.stats();
+    // Returned connections whose driver still had a statement close to write go back once
+    // it has run (a bounded wait).
+    let s = at_rest(&pool, 3).await;
     assert_eq!(
         s.connections_closed.invalid + s.connections_closed.broken,
         3
@@ -327,6 +329,7 @@ async fn force_recycle_closes_idle_connections_at_once_and_checked_out_ones_on_r
     let b = pool.get().await.unwrap();
     let old = [backend_pid(&a).await, backend_pid(&b).await];
     drop(a);
+    at_rest(&pool, 1).await;
     let report = pool.force_recycle();
     assert_eq!((report.idle_closed, report.checked_out), (1, 1));
     let s = pool.stats();
@@ -720,9 +723,8 @@ async fn a_clean_return_costs_no_round_trip_and_a_copy_leaves_the_session_clean(
     for i in 0..50i32 {
         let conn = pool.get().await.unwrap();
         // Neither the return nor this checkout said anything to the server of its own: the
-        // last statement it saw is the previous borrower's. (The exception: a checkout that
-        // finds the driver's task still busy after 20 ms asks the server with an empty
-        // query; on a loaded two-core machine that may happen once or twice.)
+        // last statement it saw is the previous borrower's. (The exception, allowed up to 3
+        // times: a session the stream shows busy at a return, asked with an empty query.)
         let seen = last_query(&observer, pid).await;
         if seen.is_empty() {
             asked_the_server += 1;
@@ -848,4 +850,19 @@ async fn a_wrong_password_fails_the_first_checkout_at_once_naming_the_cause() {
         took < Duration::from_secs(2),
         "{took:?}: the first checkout failed without waiting for a timeout"
     );
+}
+
+/// The pool's stats once all of its `size` connections are idle again (within 5 s).
+async fn at_rest<M: pool_core::ManageConnection>(
+    pool: &pool_core::Pool<M>,
+    size: u32,
+) -> pool_core::PoolStats {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = pool.stats();
+        if s.idle == size || std::time::Instant::now() > deadline {
+            return s;
+        }
+        tokio::task::yield_now().await;
+    }
 }

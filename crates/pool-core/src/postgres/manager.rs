@@ -88,6 +88,11 @@ impl PostgresConnection {
         self.task.pending()
     }
 
+    /// Where to leave this connection until its driver has run (see `connection::Park`).
+    pub(crate) fn parking(&self) -> Arc<dyn crate::connection::Park> {
+        self.task.clone()
+    }
+
     /// Brings the session back to idle. First waits (briefly) for the driver's task to write
     /// what is queued; if the stream then shows the session idle, that is all (no I/O).
     /// Otherwise an empty query waits out every request sent before it, and a transaction
@@ -196,7 +201,7 @@ const SETTLE_WAIT: Duration = Duration::from_millis(20);
 /// it when a request is queued (and when the socket is ready); a request queued by a future
 /// that was then dropped is written only when the task next runs, so until then the stream
 /// cannot show it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct TaskState {
     wakes: AtomicU64,
     /// `wakes` as it was when the task last started running, stored when that run ended.
@@ -205,11 +210,53 @@ struct TaskState {
     /// A reset waits for the task to catch up: told after each run while `watched`.
     settled: tokio::sync::Notify,
     watched: AtomicBool,
+    /// A connection returned while the task had work queued, released after its next run
+    /// (see `connection::Park`); `has_parked` says so without the lock.
+    parked: parking_lot::Mutex<Option<crate::connection::Release>>,
+    has_parked: AtomicBool,
+}
+
+impl std::fmt::Debug for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskState")
+            .field("pending", &self.pending())
+            .field("parked", &self.has_parked.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 impl TaskState {
     fn pending(&self) -> bool {
-        self.wakes.load(Ordering::Acquire) != self.seen.load(Ordering::Acquire)
+        // SeqCst with the stores in `park` and `Driven::poll`: either the task sees a
+        // connection parked, or `park` sees that the task has run (see `park`).
+        self.wakes.load(Ordering::SeqCst) != self.seen.load(Ordering::SeqCst)
+    }
+
+    fn take_parked(&self) -> Option<crate::connection::Release> {
+        let release = self.parked.lock().take();
+        if release.is_some() {
+            self.has_parked.store(false, Ordering::SeqCst);
+        }
+        release
+    }
+}
+
+impl crate::connection::Park for TaskState {
+    fn park(&self, release: crate::connection::Release) -> Result<(), crate::connection::Release> {
+        if !self.pending() {
+            return Err(release);
+        }
+        *self.parked.lock() = Some(release);
+        self.has_parked.store(true, Ordering::SeqCst);
+        // The task may have finished its run between the check above and the store, and
+        // then not have seen the connection: if it has run, release it here (whoever takes
+        // it first does; it is taken once).
+        if !self.pending() {
+            if let Some(release) = self.take_parked() {
+                release();
+            }
+        }
+        Ok(())
     }
 }
 
@@ -251,11 +298,28 @@ impl<F: Future> Future for Driven<F> {
             .connection
             .as_mut()
             .poll(&mut Context::from_waker(&this.waker));
-        this.task.seen.store(seen, Ordering::Release);
+        this.task.seen.store(seen, Ordering::SeqCst);
         if this.task.watched.load(Ordering::Acquire) {
             this.task.settled.notify_waiters();
         }
+        // A connection left here on return goes back once this run has written what was
+        // queued (if nothing woke the task meanwhile; else after the next run).
+        if this.task.has_parked.load(Ordering::SeqCst) && !this.task.pending() {
+            if let Some(release) = this.task.take_parked() {
+                release();
+            }
+        }
         poll
+    }
+}
+
+impl<F> Drop for Driven<F> {
+    fn drop(&mut self) {
+        // The connection is over (closed, or its task dropped): a connection parked here
+        // goes through its release, whose session check or reset closes it.
+        if let Some(release) = self.task.take_parked() {
+            release();
+        }
     }
 }
 

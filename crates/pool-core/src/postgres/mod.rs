@@ -26,6 +26,7 @@
 use std::error::Error as _;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use tokio_postgres;
@@ -147,10 +148,17 @@ fn needs_reset(conn: &PostgresConnection) -> bool {
     conn.session_state() != SessionState::Idle
 }
 
-/// On checkout, also one whose driver task has not yet written what was queued on it (a
-/// request queued by a future dropped just before the connection came back).
+/// On checkout, the same check: a connection returned while its driver had work queued (a
+/// request queued by a future dropped just before the connection came back) was parked until
+/// the driver had written it (see [`park`]), so the stream shows it by now.
 fn needs_reset_at_checkout(conn: &PostgresConnection) -> bool {
-    conn.unsettled() || conn.session_state() != SessionState::Idle
+    conn.session_state() != SessionState::Idle
+}
+
+/// On return, a connection whose driver has been woken since it last ran (it has work the
+/// stream has not shown yet) waits with its driver, which releases it after its next run.
+fn park(conn: &PostgresConnection) -> Option<Arc<dyn crate::connection::Park>> {
+    conn.unsettled().then(|| conn.parking())
 }
 
 fn reset(
@@ -217,7 +225,7 @@ where
                     });
                 }
             })
-            .reset_with(needs_reset, needs_reset_at_checkout, reset)
+            .reset_and_park_with(needs_reset, needs_reset_at_checkout, reset, park)
             .classify_errors(is_connection_error)
             .connect_failures(connect_failure)
             .describe_errors(describe)

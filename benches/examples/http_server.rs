@@ -1,0 +1,297 @@
+//! One axum service, in one of several variants, for the real-HTTP comparison that
+//! `scripts/http-bench.sh` drives with wrk: the same route (`GET /`, `SELECT 1` on
+//! PostgreSQL) on every pool, the same pool size, the same 2-worker runtime.
+//!
+//! usage: http_server VARIANT PORT DATABASE_URL POOL_SIZE
+//!
+//! Variants:
+//! - `layer`, `layer-eager`: pool-tower's layer (lazy, eager) on a pool-core pool, with
+//!   telemetry (a real SDK meter provider, exporting nowhere);
+//! - `bb8-core-settings`: a handler on bare bb8 (bb8-postgres) set up as pool-core sets bb8
+//!   up (no check on checkout, no bb8 lifetime or idle timeout);
+//! - `bb8-defaults`: the same on bb8's defaults (a ping on every checkout);
+//! - `deadpool`: deadpool-postgres with `RecyclingMethod::Fast`;
+//! - `sqlx`: sqlx's `PgPool`;
+//! - `nodb-layer`, `nodb`: a route that never touches the database, with and without the
+//!   layer in front.
+#![allow(missing_docs)]
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Extension, Router};
+use opentelemetry::metrics::MeterProvider;
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use pool_core::postgres::tokio_postgres::NoTls;
+use pool_core::postgres::PostgresManager;
+use pool_core::{DatabaseUrl, PoolBuilder, PoolConfig};
+use pool_tower::{Db, DbError, PoolLayer, PoolTelemetry};
+
+type Pg = PostgresManager<NoTls>;
+
+async fn layer_select(db: Db<Pg>) -> Result<&'static str, DbError> {
+    let mut conn = db.conn().await?;
+    let row = conn.check(conn.query_one("SELECT 1", &[]).await)?;
+    let _: i32 = row.get(0);
+    Ok("ok")
+}
+
+type Bb8Pg = bb8_postgres::PostgresConnectionManager<NoTls>;
+
+async fn bb8_select(
+    Extension(pool): Extension<bb8::Pool<Bb8Pg>>,
+) -> Result<&'static str, StatusCode> {
+    let conn = pool
+        .get()
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let row = conn
+        .query_one("SELECT 1", &[])
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let _: i32 = row.get(0);
+    Ok("ok")
+}
+
+async fn core_select(
+    Extension(pool): Extension<pool_core::Pool<Pg>>,
+) -> Result<&'static str, StatusCode> {
+    let conn = pool
+        .get()
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let row = conn
+        .query_one("SELECT 1", &[])
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let _: i32 = row.get(0);
+    Ok("ok")
+}
+
+async fn bb8_core_manager_select(
+    Extension(pool): Extension<bb8::Pool<Pg>>,
+) -> Result<&'static str, StatusCode> {
+    let conn = pool
+        .get()
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let row = conn
+        .query_one("SELECT 1", &[])
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let _: i32 = row.get(0);
+    Ok("ok")
+}
+
+async fn deadpool_select(
+    Extension(pool): Extension<deadpool_postgres::Pool>,
+) -> Result<&'static str, StatusCode> {
+    let conn = pool
+        .get()
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let row = conn
+        .query_one("SELECT 1", &[])
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let _: i32 = row.get(0);
+    Ok("ok")
+}
+
+async fn sqlx_select(Extension(pool): Extension<sqlx::PgPool>) -> Result<&'static str, StatusCode> {
+    let (_one,): (i32,) = sqlx::query_as("SELECT 1")
+        .fetch_one(&pool)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok("ok")
+}
+
+async fn nodb() -> &'static str {
+    "ok"
+}
+
+fn fail(message: String) -> ! {
+    eprintln!("http_server: {message}");
+    std::process::exit(2);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [variant, port, url, size] = args.as_slice() else {
+        fail("usage: http_server VARIANT PORT DATABASE_URL POOL_SIZE".into());
+    };
+    let port: u16 = port
+        .parse()
+        .unwrap_or_else(|_| fail(format!("PORT {port:?}")));
+    let size: u32 = size
+        .parse()
+        .unwrap_or_else(|_| fail(format!("POOL_SIZE {size:?}")));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(serve(variant, port, url, size));
+}
+
+async fn serve(variant: &str, port: u16, url: &str, size: u32) {
+    let meters = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(InMemoryMetricExporter::default()).build())
+        .build();
+    let parsed = DatabaseUrl::parse(url).unwrap_or_else(|e| fail(format!("DATABASE_URL: {e}")));
+    let mut config = PoolConfig::production();
+    config.database_url = Some(parsed);
+    config.base_size = size;
+    config.max_overflow = 0;
+    config.checkout_timeout = Duration::from_secs(30);
+    let core_pool = || {
+        let telemetry = PoolTelemetry::new(&meters.meter("http-bench"));
+        let builder = PoolBuilder::postgres().config(config.clone());
+        let builder = if std::env::var_os("NO_TELEMETRY").is_some() {
+            builder
+        } else {
+            builder.observer(telemetry.observer())
+        };
+        let pool = builder
+            .build_postgres()
+            .unwrap_or_else(|e| fail(format!("pool: {e}")));
+        telemetry.observe(&pool).unwrap();
+        (pool, telemetry)
+    };
+    let pg_config: pool_core::postgres::tokio_postgres::Config = url
+        .parse()
+        .unwrap_or_else(|e| fail(format!("DATABASE_URL: {e}")));
+    let bb8_manager = || bb8_postgres::PostgresConnectionManager::new(pg_config.clone(), NoTls);
+    let app = match variant {
+        "layer" | "layer-eager" | "nodb-layer" => {
+            let (pool, telemetry) = core_pool();
+            pool.warm_up()
+                .await
+                .unwrap_or_else(|e| fail(format!("warm-up: {e}")));
+            std::mem::forget(telemetry);
+            if std::env::var_os("STATS").is_some() {
+                let p = pool.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        let s = p.stats();
+                        eprintln!(
+                            "direct {} waited {} wait_total {:?} reset {} created {} closed {:?}",
+                            s.checkouts_direct,
+                            s.checkouts_waited,
+                            s.wait_time_total,
+                            s.sessions_reset,
+                            s.connections_created,
+                            s.connections_closed
+                        );
+                    }
+                });
+            }
+            let layer = if variant == "layer-eager" {
+                PoolLayer::new(pool).eager()
+            } else {
+                PoolLayer::new(pool)
+            };
+            if variant == "nodb-layer" {
+                Router::new().route("/", get(nodb)).layer(layer)
+            } else {
+                Router::new().route("/", get(layer_select)).layer(layer)
+            }
+        }
+        "bb8-core-settings" | "bb8-defaults" => {
+            let builder = bb8::Pool::builder().max_size(size).min_idle(Some(size));
+            let builder = if variant == "bb8-core-settings" {
+                builder
+                    .test_on_check_out(false)
+                    .max_lifetime(None)
+                    .idle_timeout(None)
+            } else {
+                builder
+            };
+            let pool = builder
+                .build(bb8_manager())
+                .await
+                .unwrap_or_else(|e| fail(format!("bb8: {e:?}")));
+            Router::new()
+                .route("/", get(bb8_select))
+                .layer(Extension(pool))
+        }
+        "core-direct" => {
+            let (pool, telemetry) = core_pool();
+            pool.warm_up()
+                .await
+                .unwrap_or_else(|e| fail(format!("warm-up: {e}")));
+            if std::env::var_os("STATS").is_some() {
+                let p = pool.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        let s = p.stats();
+                        eprintln!(
+                            "direct {} waited {} wait_total {:?} reset {} created {} closed {:?}",
+                            s.checkouts_direct,
+                            s.checkouts_waited,
+                            s.wait_time_total,
+                            s.sessions_reset,
+                            s.connections_created,
+                            s.connections_closed
+                        );
+                    }
+                });
+            }
+            std::mem::forget(telemetry);
+            Router::new()
+                .route("/", get(core_select))
+                .layer(Extension(pool))
+        }
+        "bb8-core-manager" => {
+            let pool = bb8::Pool::builder()
+                .max_size(size)
+                .min_idle(Some(size))
+                .test_on_check_out(false)
+                .max_lifetime(None)
+                .idle_timeout(None)
+                .build(PostgresManager::new(pg_config.clone(), NoTls))
+                .await
+                .unwrap_or_else(|e| fail(format!("bb8: {e:?}")));
+            Router::new()
+                .route("/", get(bb8_core_manager_select))
+                .layer(Extension(pool))
+        }
+        "deadpool" => {
+            let manager = deadpool_postgres::Manager::from_config(
+                pg_config.clone(),
+                NoTls,
+                deadpool_postgres::ManagerConfig {
+                    recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+                },
+            );
+            let pool = deadpool_postgres::Pool::builder(manager)
+                .max_size(size as usize)
+                .build()
+                .unwrap_or_else(|e| fail(format!("deadpool: {e}")));
+            Router::new()
+                .route("/", get(deadpool_select))
+                .layer(Extension(pool))
+        }
+        "sqlx" => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(size)
+                .min_connections(size)
+                .connect(url)
+                .await
+                .unwrap_or_else(|e| fail(format!("sqlx: {e}")));
+            Router::new()
+                .route("/", get(sqlx_select))
+                .layer(Extension(pool))
+        }
+        "nodb" => Router::new().route("/", get(nodb)),
+        other => fail(format!("unknown variant {other:?}")),
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| fail(format!("bind 127.0.0.1:{port}: {e}")));
+    println!("listening on 127.0.0.1:{port} ({variant})");
+    axum::serve(listener, app).await.unwrap();
+}

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Real HTTP against real PostgreSQL: the same axum route (`SELECT 1`) through pool-tower's
+# layer (lazy and eager), a hand-written handler on bb8 (as pool-core sets bb8 up, and on
+# bb8's defaults), deadpool-postgres (RecyclingMethod::Fast) and sqlx's PgPool, the same
+# pool size for all; and a route that never touches the database, with and without the
+# layer. wrk drives each in turn, in alternating rounds, on 127.0.0.1; the report gives the
+# median requests/s and p99 latency of each, and the ratios the targets are stated in.
+#
+# usage: scripts/http-bench.sh [ROUNDS [SECONDS [CONNECTIONS]]]   (default 3 10 64)
+# env: POOL_SIZE (10), HTTP_BENCH_VARIANTS (all), POOL_TEST_DATABASE_URL (else a throwaway
+#      server from scripts/pg.sh on port 55499, removed afterwards)
+#
+# Not part of the test run: a load run on a 2-core machine shares the cores between wrk,
+# the service and PostgreSQL, so read the ratios of one run, and compare runs by them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+seconds=${2:-10}
+connections=${3:-64}
+size=${POOL_SIZE:-10}
+variants=${HTTP_BENCH_VARIANTS:-"layer layer-eager bb8-core-settings bb8-defaults deadpool sqlx nodb-layer nodb"}
+
+if ! command -v wrk >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "http-bench: installing wrk from Debian's packages" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >&2 ||
+            { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >&2; }
+    else
+        echo "http-bench: wrk is not installed (sudo apt-get install -y wrk)" >&2
+        exit 1
+    fi
+fi
+
+url=${POOL_TEST_DATABASE_URL:-}
+if [ -z "$url" ]; then
+    export PGPORT=55499
+    url=$(scripts/pg.sh start)
+    trap 'scripts/pg.sh destroy >/dev/null 2>&1 || true' EXIT
+fi
+
+cargo build -q --release -p pool-benches --example http_server
+bin=${CARGO_TARGET_DIR:-target}/release/examples/http_server
+out=$(mktemp -d)
+port=18480
+
+for round in $(seq "$rounds"); do
+    for variant in $variants; do
+        "$bin" "$variant" "$port" "$url" "$size" >"$out/server.log" 2>&1 &
+        server=$!
+        ready=
+        for _ in $(seq 100); do
+            if curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1; then ready=1; break; fi
+            sleep 0.1
+        done
+        if [ -z "$ready" ]; then
+            echo "http-bench: $variant did not come up:" >&2
+            cat "$out/server.log" >&2
+            kill "$server" 2>/dev/null || true
+            exit 1
+        fi
+        # No separate warm-up run: a wrk run ends by dropping its connections mid-request,
+        # and the layer closes the database connections of requests dropped mid-query
+        # (bb8, deadpool and sqlx put them back), so a warm-up run would leave the layer's
+        # pool to reopen them during the measured one. Every pool starts full (warmed up).
+        wrk -t2 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$port/" \
+            >"$out/$variant.$round"
+        kill "$server"
+        wait "$server" 2>/dev/null || true
+        echo "round $round/$rounds: $variant $(grep 'Requests/sec' "$out/$variant.$round")" >&2
+    done
+done
+
+python3 - "$out" "$rounds" "$variants" "$connections" "$size" <<'PY'
+import pathlib
+import re
+import statistics
+import sys
+
+out, rounds, variants = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split()
+connections, size = sys.argv[4], sys.argv[5]
+UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse(path):
+    text = path.read_text()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", text).groups()
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    failed = int(errors.group(1)) if errors else 0
+    socket = re.search(r"Socket errors: (.*)", text)
+    return rps, float(value) * UNIT[unit], failed, socket.group(1) if socket else ""
+
+
+results = {}
+for v in variants:
+    runs = [parse(out / f"{v}.{r}") for r in range(1, rounds + 1)]
+    results[v] = (
+        statistics.median(r[0] for r in runs),
+        statistics.median(r[1] for r in runs),
+        sum(r[2] for r in runs),
+        "; ".join(r[3] for r in runs if r[3]),
+    )
+
+print(f"\n{rounds} alternating rounds, wrk -t2 -c{connections}, pool size {size}, 127.0.0.1")
+print(f"{'variant':20} {'requests/s':>11} {'p99':>9}  errors")
+for v, (rps, p99, failed, socket) in results.items():
+    print(f"{v:20} {rps:11.0f} {p99:7.2f}ms  {failed}{'  socket: ' + socket if socket else ''}")
+pairs = [
+    ("layer", "deadpool"), ("layer", "sqlx"), ("layer", "bb8-core-settings"),
+    ("layer", "bb8-defaults"), ("layer-eager", "deadpool"), ("nodb-layer", "nodb"),
+]
+print()
+for ours, base in pairs:
+    if ours in results and base in results:
+        print(f"{ours + ' / ' + base:34} {results[ours][0] / results[base][0]:5.2f}x requests/s")
+PY
+rm -rf "$out"
