@@ -328,9 +328,10 @@ impl<M: ManageConnection> ManageConnection for Managed<M> {
     }
 
     /// Not called by bb8 (the pool validates in its own checkout, where it already has the
-    /// time); implemented for completeness.
+    /// time); implemented for completeness. Boxed: bb8's checkout future has room for this
+    /// one, and every waiting checkout holds a bb8 checkout future.
     async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
-        match self.validate(conn, self.shared.clock.now()).await {
+        match Box::pin(self.validate(conn, self.shared.clock.now())).await {
             true => Ok(()),
             false => Err(ConnectError::Retired),
         }

@@ -1,7 +1,7 @@
 //! The pool handle: checkout, `run`, stats, recycling and breaker administration.
 
 use std::fmt;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::panic::Location;
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
@@ -347,7 +347,11 @@ impl<M: ManageConnection> Pool<M> {
                     let next = if std::mem::take(&mut first_wait) {
                         self.next_connection().await
                     } else {
-                        match tokio::time::timeout_at(deadline, self.next_connection()).await {
+                        // Boxed, as is the validation below: rare, and each would otherwise
+                        // enlarge every waiting checkout by a timer and a second wait.
+                        let bounded =
+                            Box::pin(tokio::time::timeout_at(deadline, self.next_connection()));
+                        match bounded.await {
                             Ok(next) => next,
                             Err(_elapsed) => break Err(None),
                         }
@@ -362,15 +366,18 @@ impl<M: ManageConnection> Pool<M> {
                     }
                 }
             };
-            match managed.verdict(&mut conn, shared.clock.now()) {
+            let now = shared.clock.now();
+            match managed.verdict(&mut conn, now) {
                 Verdict::Valid => break Ok(conn),
                 // Condemned (reason set): dropping it closes it. Try another.
                 Verdict::Retired => continue,
                 Verdict::Ping | Verdict::Reset => {}
             }
-            match tokio::time::timeout_at(deadline, managed.validate(&mut conn, shared.clock.now()))
-                .await
-            {
+            let validation = Box::pin(tokio::time::timeout_at(
+                deadline,
+                managed.validate(&mut conn, now),
+            ));
+            match validation.await {
                 Ok(true) => break Ok(conn),
                 // Condemned: dropping it closes it. Try another.
                 Ok(false) => continue,
@@ -435,30 +442,13 @@ impl<M: ManageConnection> Pool<M> {
 
     /// One connection from bb8's queue, unless the breaker opens first; `true` with it when
     /// the checkout had to queue for it (none was idle when it asked).
-    async fn next_connection(
-        &self,
-    ) -> Result<(bb8::PooledConnection<'static, Managed<M>>, bool), Next<M::Error>> {
-        let shared = &self.inner.shared;
-        let mut get = pin!(self.inner.bb8.get_owned());
-        let mut queued = false;
-        loop {
-            let opened = shared.breaker_changed.notified();
-            if let Some(retry_after) = shared.open_retry_after() {
-                return Err(Next::Rejected(shared.reject(retry_after)));
-            }
-            let now_or_wait = poll_fn(|cx| match get.as_mut().poll(cx) {
-                Poll::Ready(result) => Poll::Ready(Some(result)),
-                Poll::Pending => Poll::Ready(None),
-            });
-            if let Some(result) = now_or_wait.await {
-                return result.map(|conn| (conn, queued)).map_err(Next::Failed);
-            }
-            queued = true;
-            tokio::select! {
-                biased;
-                result = &mut get => return result.map(|conn| (conn, true)).map_err(Next::Failed),
-                () = opened => continue,
-            }
+    fn next_connection(&self) -> impl Future<Output = NextResult<M>> + Send + '_ {
+        let shared = &*self.inner.shared;
+        NextConnection {
+            shared,
+            get: self.inner.bb8.get_owned(),
+            opened: shared.breaker_changed.notified(),
+            queued: false,
         }
     }
 
@@ -653,6 +643,12 @@ impl<M: ManageConnection> Pool<M> {
     }
 }
 
+/// A connection from bb8's queue, and whether the checkout queued for it.
+type NextResult<M> = Result<
+    (bb8::PooledConnection<'static, Managed<M>>, bool),
+    Next<<M as ManageConnection>::Error>,
+>;
+
 type SlowCheckout<'a, M> =
     Pin<Box<dyn Future<Output = Result<PooledConnection<M>, CheckoutError>> + Send + 'a>>;
 
@@ -710,6 +706,49 @@ impl<M: ManageConnection> Future for Checkout<'_, M> {
         let polled = slow.as_mut().poll(cx);
         self.slow = Some(slow);
         polled
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of `next_connection`, written out: a waiting checkout holds bb8's checkout
+    /// and a registration for breaker transitions, and nothing else (an `async` block with a
+    /// `select!` held about twice that), which is most of what a waiter costs in memory.
+    struct NextConnection<'a, G> {
+        shared: &'a Shared,
+        #[pin]
+        get: G,
+        // Created before the breaker's state is read, so no transition in between is
+        // missed; made anew after each one.
+        #[pin]
+        opened: tokio::sync::futures::Notified<'a>,
+        queued: bool,
+    }
+}
+
+impl<C, E, G> Future for NextConnection<'_, G>
+where
+    G: Future<Output = Result<C, bb8::RunError<ConnectError<E>>>>,
+{
+    type Output = Result<(C, bool), Next<E>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            let shared = *this.shared;
+            if let Some(retry_after) = shared.open_retry_after() {
+                return Poll::Ready(Err(Next::Rejected(shared.reject(retry_after))));
+            }
+            if let Poll::Ready(result) = this.get.as_mut().poll(cx) {
+                let queued = *this.queued;
+                return Poll::Ready(result.map(|conn| (conn, queued)).map_err(Next::Failed));
+            }
+            *this.queued = true;
+            match this.opened.as_mut().poll(cx) {
+                // A transition: look at the breaker again, with a new registration.
+                Poll::Ready(()) => this.opened.set(shared.breaker_changed.notified()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
