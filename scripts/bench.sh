@@ -3,6 +3,9 @@
 #
 # usage: scripts/bench.sh [criterion args, e.g. a filter such as checkout_seq]
 #
+# Then, with valgrind installed, scripts/instructions.sh: the same cases as instruction
+# counts and allocations.
+#
 # The ratios are of criterion's typical estimates (the regression slope where criterion has
 # one, else the mean). The machine matters less than the ratio, but a busy one still moves it:
 # run twice and compare.
@@ -73,3 +76,10 @@ if sampled is not None and unsampled is not None:
     )
 print(f"(noisy: a 95 % confidence interval wider than {NOISY:.0%} of its estimate; run again)")
 PY
+
+# The same cases as instruction counts, which the machine's load does not move.
+if command -v valgrind >/dev/null; then
+    scripts/instructions.sh
+else
+    echo "(instruction counts skipped: valgrind is not installed; apt-get install valgrind)"
+fi

@@ -7,8 +7,9 @@
 # median requests/s and p99 latency of each, and the ratios the targets are stated in.
 #
 # usage: scripts/http-bench.sh [ROUNDS [SECONDS [CONNECTIONS]]]   (default 3 10 64)
-# env: POOL_SIZE (10), HTTP_BENCH_VARIANTS (all), POOL_TEST_DATABASE_URL (else a throwaway
-#      server from scripts/pg.sh on port 55499, removed afterwards)
+# env: POOL_SIZE (10), HTTP_BENCH_VARIANTS (all; see benches/examples/http_server.rs),
+#      HTTP_BENCH_QUERY=typed (query_typed instead of query_one), POOL_TEST_DATABASE_URL
+#      (else a throwaway server from scripts/pg.sh on port 55499, removed afterwards)
 #
 # Not part of the test run: a load run on a 2-core machine shares the cores between wrk,
 # the service and PostgreSQL, so read the ratios of one run, and compare runs by them.
@@ -18,7 +19,7 @@ rounds=${1:-3}
 seconds=${2:-10}
 connections=${3:-64}
 size=${POOL_SIZE:-10}
-variants=${HTTP_BENCH_VARIANTS:-"layer layer-eager bb8-core-settings bb8-defaults deadpool sqlx nodb-layer nodb"}
+variants=${HTTP_BENCH_VARIANTS:-"layer layer-eager core-direct bb8-core-settings bb8-defaults deadpool sqlx nodb-layer nodb"}
 
 if ! command -v wrk >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
@@ -35,17 +36,24 @@ url=${POOL_TEST_DATABASE_URL:-}
 if [ -z "$url" ]; then
     export PGPORT=55499
     url=$(scripts/pg.sh start)
-    trap 'scripts/pg.sh destroy >/dev/null 2>&1 || true' EXIT
 fi
 
 cargo build -q --release -p pool-benches --example http_server
 bin=${CARGO_TARGET_DIR:-target}/release/examples/http_server
 out=$(mktemp -d)
 port=18480
+server=
+cleanup() {
+    [ -n "$server" ] && kill "$server" 2>/dev/null
+    rm -rf "$out"
+    if [ -z "${POOL_TEST_DATABASE_URL:-}" ]; then scripts/pg.sh destroy >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
 
 for round in $(seq "$rounds"); do
     for variant in $variants; do
-        "$bin" "$variant" "$port" "$url" "$size" >"$out/server.log" 2>&1 &
+        # The URL (with its password) goes through the environment, not the command line.
+        HTTP_BENCH_DATABASE_URL=$url "$bin" "$variant" "$port" "$size" >"$out/server.log" 2>&1 &
         server=$!
         ready=
         for _ in $(seq 100); do
@@ -66,6 +74,7 @@ for round in $(seq "$rounds"); do
             >"$out/$variant.$round"
         kill "$server"
         wait "$server" 2>/dev/null || true
+        server=
         echo "round $round/$rounds: $variant $(grep 'Requests/sec' "$out/$variant.$round")" >&2
     done
 done
@@ -114,4 +123,3 @@ for ours, base in pairs:
     if ours in results and base in results:
         print(f"{ours + ' / ' + base:34} {results[ours][0] / results[base][0]:5.2f}x requests/s")
 PY
-rm -rf "$out"

@@ -2,7 +2,8 @@
 //! `scripts/http-bench.sh` drives with wrk: the same route (`GET /`, `SELECT 1` on
 //! PostgreSQL) on every pool, the same pool size, the same 2-worker runtime.
 //!
-//! usage: http_server VARIANT PORT DATABASE_URL POOL_SIZE
+//! usage: `HTTP_BENCH_DATABASE_URL=postgres://… http_server VARIANT PORT POOL_SIZE` (the URL
+//! through the environment, so its password is not on the command line)
 //!
 //! Variants:
 //! - `layer`, `layer-eager`: pool-tower's layer (lazy, eager) on a pool-core pool, with
@@ -13,7 +14,14 @@
 //! - `deadpool`: deadpool-postgres with `RecyclingMethod::Fast`;
 //! - `sqlx`: sqlx's `PgPool`;
 //! - `nodb-layer`, `nodb`: a route that never touches the database, with and without the
-//!   layer in front.
+//!   layer in front;
+//! - for the breakdown: `core-direct` (a pool-core pool without the layer, the handler
+//!   checking out itself) and `bb8-core-manager` (bare bb8 over pool-core's PostgreSQL
+//!   manager).
+//!
+//! `HTTP_BENCH_QUERY=typed` runs `SELECT 1` with `query_typed` (one round trip) instead of
+//! `query_one` on the tokio-postgres variants; `NO_TELEMETRY=1` leaves the telemetry observer
+//! off pool-core's pools.
 #![allow(missing_docs)]
 
 use std::time::Duration;
@@ -129,9 +137,11 @@ fn fail(message: String) -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [variant, port, url, size] = args.as_slice() else {
-        fail("usage: http_server VARIANT PORT DATABASE_URL POOL_SIZE".into());
+    let [variant, port, size] = args.as_slice() else {
+        fail("usage: HTTP_BENCH_DATABASE_URL=… http_server VARIANT PORT POOL_SIZE".into());
     };
+    let url = std::env::var("HTTP_BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| fail("HTTP_BENCH_DATABASE_URL is not set".into()));
     let port: u16 = port
         .parse()
         .unwrap_or_else(|_| fail(format!("PORT {port:?}")));
@@ -143,7 +153,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(serve(variant, port, url, size));
+    rt.block_on(serve(variant, port, &url, size));
 }
 
 async fn serve(variant: &str, port: u16, url: &str, size: u32) {
@@ -181,24 +191,6 @@ async fn serve(variant: &str, port: u16, url: &str, size: u32) {
                 .await
                 .unwrap_or_else(|e| fail(format!("warm-up: {e}")));
             std::mem::forget(telemetry);
-            if std::env::var_os("STATS").is_some() {
-                let p = pool.clone();
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                        let s = p.stats();
-                        eprintln!(
-                            "direct {} waited {} wait_total {:?} reset {} created {} closed {:?}",
-                            s.checkouts_direct,
-                            s.checkouts_waited,
-                            s.wait_time_total,
-                            s.sessions_reset,
-                            s.connections_created,
-                            s.connections_closed
-                        );
-                    }
-                });
-            }
             let layer = if variant == "layer-eager" {
                 PoolLayer::new(pool).eager()
             } else {
@@ -233,24 +225,6 @@ async fn serve(variant: &str, port: u16, url: &str, size: u32) {
             pool.warm_up()
                 .await
                 .unwrap_or_else(|e| fail(format!("warm-up: {e}")));
-            if std::env::var_os("STATS").is_some() {
-                let p = pool.clone();
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                        let s = p.stats();
-                        eprintln!(
-                            "direct {} waited {} wait_total {:?} reset {} created {} closed {:?}",
-                            s.checkouts_direct,
-                            s.checkouts_waited,
-                            s.wait_time_total,
-                            s.sessions_reset,
-                            s.connections_created,
-                            s.connections_closed
-                        );
-                    }
-                });
-            }
             std::mem::forget(telemetry);
             Router::new()
                 .route("/", get(core_select))

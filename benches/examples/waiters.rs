@@ -134,11 +134,6 @@ fn main() {
             ranks.push(task.await.unwrap());
         }
         let (max, total) = overtaken(&ranks);
-        if std::env::var_os("DEBUG_RANKS").is_some() {
-            for (i, r) in ranks.iter().enumerate() {
-                if (*r as i64 - i as i64).abs() > 2 { println!("queued {i} served {r}"); }
-            }
-        }
         println!("{waiters} waiters on a pool of {size}");
         println!(
             "  memory per waiter      {:.0} bytes (resident memory grew {grown} KiB)",

@@ -577,12 +577,17 @@ async fn telemetry_pipeline() {
     assert_eq!(server["Parent ID"], caller_span, "{server:?}");
     assert_eq!(server["Kind"], "Server", "{server:?}");
     assert_eq!(checkout["Parent ID"], server["ID"], "{checkout:?}");
-    // And the pool's warnings reached it as log records.
-    let text = std::fs::read_to_string(&collector_log).unwrap();
-    assert!(
-        text.contains("Body: Str(checkout timed out)"),
-        "no pool warning among the collector's log records"
-    );
+    // And the pool's warnings reached it as log records (exported in batches: a bounded
+    // wait).
+    eventually(
+        Duration::from_secs(30),
+        "a pool warning among the collector's log records",
+        || async {
+            let text = std::fs::read_to_string(&collector_log).ok()?;
+            text.contains("Body: Str(checkout timed out)").then_some(())
+        },
+    )
+    .await;
     std::fs::remove_dir_all(&work).ok();
 }
 

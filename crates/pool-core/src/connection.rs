@@ -656,7 +656,9 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
         // Overflow connections stay open when they come back (the reaper closes them once
         // idle for the idle timeout): closing them here, as SQLAlchemy's QueuePool does,
         // opens and closes a connection per request under steady load above the base.
-        if reset.is_none() {
+        // A connection kept out for a reset or left with its driver is counted back when it
+        // goes back to the pool, so every measure of "in use" agrees while it is away.
+        if reset.is_none() && park.is_none() {
             counters.count_return();
         }
         if let (Some(id), Some(leaks)) = (leak_id, &shared.leaks) {
@@ -694,13 +696,13 @@ impl<M: ManageConnection> PooledConnection<M> {
     /// it rather than putting it back.
     fn start_reset(&mut self, reset: ResetFn<M::Connection>) {
         if let Some(conn) = self.conn.take() {
-            spawn_reset(conn, reset, true);
+            spawn_reset(conn, reset);
         }
     }
 
     /// Leaves a connection whose driver has work queued with the driver (see [`Park`]),
     /// which releases it after its next run: back to the pool if the session is then clean,
-    /// else through a reset. Its return is already counted.
+    /// else through a reset. It counts as in use until then.
     fn park(
         &mut self,
         slot: Arc<dyn Park>,
@@ -712,8 +714,9 @@ impl<M: ManageConnection> PooledConnection<M> {
         };
         let release: Release = Box::new(move || {
             if on_return(&conn.conn) {
-                spawn_reset(conn, reset, false);
+                spawn_reset(conn, reset);
             } else {
+                conn.meta.shared.counters.count_return();
                 drop(conn);
             }
         });
@@ -723,15 +726,13 @@ impl<M: ManageConnection> PooledConnection<M> {
     }
 }
 
-/// Resets a returned connection's session in a task on the pool's runtime, then lets bb8
-/// take it back (closed if the reset failed), counting the return if `count` (a parked
-/// connection's return was counted when it was parked). It is marked for closing before the
-/// task exists, so a task that never runs (the runtime shutting down) closes it rather than
-/// putting it back.
+/// Resets a returned connection's session in a task on the pool's runtime, counts the
+/// return, then lets bb8 take it back (closed if the reset failed). It is marked for closing
+/// before the task exists, so a task that never runs (the runtime shutting down) closes it
+/// rather than putting it back.
 fn spawn_reset<M: ManageConnection>(
     mut conn: bb8::PooledConnection<'static, Managed<M>>,
     reset: ResetFn<M::Connection>,
-    count: bool,
 ) {
     conn.meta.close = Some(CloseReason::Invalid);
     let shared = conn.meta.shared.clone();
@@ -740,9 +741,7 @@ fn spawn_reset<M: ManageConnection>(
         let limit = shared.config.validation_timeout;
         let outcome = tokio::time::timeout(limit, reset(&mut conn.conn)).await;
         finish_reset(&shared, &mut conn, outcome);
-        if count {
-            shared.counters.count_return();
-        }
+        shared.counters.count_return();
         drop(conn);
     });
 }

@@ -139,8 +139,9 @@ impl<M: ManageConnection> Drop for PoolInner<M> {
         self.shared
             .monitor_status
             .store(MonitorStatus::Stopped as u8, Relaxed);
-        // Wakes the recovery prober, which then sees `closing` and ends.
+        // Wakes the recovery prober and the level watcher, which then see `closing` and end.
         self.shared.breaker_changed.notify_waiters();
+        self.shared.level_raised.notify_one();
     }
 }
 

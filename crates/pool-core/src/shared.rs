@@ -6,7 +6,7 @@ use std::num::NonZeroU64;
 use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, AtomicU8,
-    Ordering::{AcqRel, Acquire, Relaxed, Release},
+    Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst},
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -593,10 +593,15 @@ impl Shared {
     }
 
     /// Every connection is in use and a checkout waits: a new episode unless one is going on.
+    /// Starts and ends are decided under one lock, each re-reading the waiters there, so a
+    /// start racing the last waiter's departure cannot leave an episode going on with nobody
+    /// waiting (nor an end miss a waiter that arrived meanwhile).
     pub(crate) fn exhaustion_started(&self) {
-        if self.counters.exhausted.swap(1, Relaxed) == 0 {
-            self.counters.exhaustion_episodes.fetch_add(1, Relaxed);
-            self.recent.lock().exhausted = Some(self.clock.now());
+        let mut recent = self.recent.lock();
+        let counters = &self.counters;
+        if counters.pending.load(SeqCst) > 0 && counters.exhausted.swap(1, SeqCst) == 0 {
+            counters.exhaustion_episodes.fetch_add(1, Relaxed);
+            recent.exhausted = Some(self.clock.now());
         }
     }
 
@@ -604,15 +609,17 @@ impl Shared {
     #[inline]
     pub(crate) fn exhaustion_may_end(&self) {
         let counters = &self.counters;
-        if counters.exhausted.load(Relaxed) != 0 && counters.pending.load(Relaxed) == 0 {
+        if counters.exhausted.load(SeqCst) != 0 {
             self.exhaustion_ended();
         }
     }
 
     #[cold]
     fn exhaustion_ended(&self) {
-        if self.counters.exhausted.swap(0, Relaxed) != 0 {
-            self.recent.lock().exhausted = Some(self.clock.now());
+        let mut recent = self.recent.lock();
+        let counters = &self.counters;
+        if counters.pending.load(SeqCst) == 0 && counters.exhausted.swap(0, SeqCst) != 0 {
+            recent.exhausted = Some(self.clock.now());
         }
     }
 
@@ -625,8 +632,16 @@ impl Shared {
         let current = self.level();
         let next = self.level_for(utilization, current);
         if next < current {
-            let now = in_use as f64 / f64::from(self.config.max_size().max(1));
-            self.set_level(current, next, now);
+            let max = f64::from(self.config.max_size().max(1));
+            self.set_level(current, next, in_use as f64 / max);
+            // A checkout that reached a level while this look was lowering it saw the old
+            // level and did not raise it: look once more.
+            let in_use = self.counters.in_use();
+            let peak = self.level_peak.load(Relaxed).max(in_use);
+            let again = self.level_for(peak as f64 / max, next);
+            if again > next {
+                self.set_level(next, again, peak as f64 / max);
+            }
         }
     }
 

@@ -78,7 +78,10 @@ impl Registered {
 
 /// A second pool under a name that a live pool already has in the same
 /// [`PoolTelemetry`] or [`Monitoring`]: two pools under one name would be merged into one
-/// series and one report. Give each pool its own name
+/// series and one report. The refused pool's gauges and report are left out, but the
+/// observer attached to its builder ([`PoolTelemetry::observer`]) still labels its counters,
+/// histograms and spans with the name: treat the error as a configuration error (fail at
+/// start-up) and give each pool its own name
 /// ([`PoolBuilder::name`](pool_core::PoolBuilder::name), or `DB_POOL_NAME`); the default
 /// name, `host:port/database`, is the same for two pools on one database (a primary and a
 /// second pool for jobs, say). A name is free again once its pool is gone (dropped, and

@@ -276,7 +276,8 @@ impl Wake for TaskState {
 /// The driver's connection future, run with a waker that counts its wakes (see
 /// [`TaskState`]).
 struct Driven<F> {
-    connection: Pin<Box<F>>,
+    /// `None` once dropped (see the `Drop` impl).
+    connection: Option<Pin<Box<F>>>,
     task: Arc<TaskState>,
     waker: Waker,
 }
@@ -294,8 +295,10 @@ impl<F: Future> Future for Driven<F> {
             }
         }
         let seen = this.task.wakes.load(Ordering::Acquire);
-        let poll = this
-            .connection
+        let Some(connection) = this.connection.as_mut() else {
+            return Poll::Pending;
+        };
+        let poll = connection
             .as_mut()
             .poll(&mut Context::from_waker(&this.waker));
         this.task.seen.store(seen, Ordering::SeqCst);
@@ -316,7 +319,9 @@ impl<F: Future> Future for Driven<F> {
 impl<F> Drop for Driven<F> {
     fn drop(&mut self) {
         // The connection is over (closed, or its task dropped): a connection parked here
-        // goes through its release, whose session check or reset closes it.
+        // goes through its release once the connection itself is gone, so the client reads
+        // as closed and bb8 closes it instead of keeping it.
+        self.connection = None;
         if let Some(release) = self.task.take_parked() {
             release();
         }
@@ -800,7 +805,7 @@ where
 {
     let task = Arc::new(TaskState::default());
     let driven = Driven {
-        connection: Box::pin(connection),
+        connection: Some(Box::pin(connection)),
         waker: Waker::from(task.clone()),
         task: task.clone(),
     };

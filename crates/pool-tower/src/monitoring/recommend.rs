@@ -44,9 +44,9 @@ pub struct Recommendation {
 }
 
 /// How far back the verdict and the recommendations look: what happened longer ago than
-/// this (a timeout, an exhaustion, an outage the breaker has recovered from, a leak since
-/// returned) no longer makes a pool `degraded`, so a pool that has been fine for this long
-/// is `healthy` again. The same as [`pool_core::RECENT_ERROR`], the age up to which a
+/// this (a timeout, an exhaustion, the breaker closing again after it opened) no longer
+/// makes a pool `degraded`, so a pool that has been fine for this long is `healthy` again;
+/// a leak report is still recommended on for this long after it was made. The same as [`pool_core::RECENT_ERROR`], the age up to which a
 /// connection error is offered as the cause of a timeout.
 pub const HEALTH_WINDOW: Duration = pool_core::RECENT_ERROR;
 
@@ -58,7 +58,8 @@ fn seconds(age: Option<Duration>) -> Option<f64> {
     age.map(|age| age.as_secs_f64())
 }
 
-/// Whether the breaker came back from open, half-open or forced open within the window.
+/// Whether the breaker closed within the window, having opened at some point (the last
+/// transition to closed may also be a `reset_breaker` after a forced open or a disable).
 fn recovered_recently(s: &PoolStats) -> bool {
     s.breaker.opened > 0
         && matches!(s.breaker.state, BreakerState::Closed)
@@ -102,7 +103,11 @@ pub fn recommendations(s: &PoolStats) -> Vec<Recommendation> {
         BreakerState::Open | BreakerState::HalfOpen | BreakerState::ForcedOpen
     );
     if open || recovered_recently(s) {
-        let message = if open {
+        let message = if s.breaker.state == BreakerState::ForcedOpen {
+            "The circuit breaker was forced open (Pool::force_open_breaker): checkouts fail \
+             fast until Pool::reset_breaker."
+                .to_owned()
+        } else if open {
             format!(
                 "The circuit breaker is {}: the database refused or dropped connections \
                  repeatedly, and checkouts fail fast while the pool probes it. Look at the \
@@ -111,9 +116,9 @@ pub fn recommendations(s: &PoolStats) -> Vec<Recommendation> {
             )
         } else {
             format!(
-                "The circuit breaker closed {:.0} s ago after an outage (it has opened {} \
-                 time(s) in all). If outages recur, look at the database (availability, \
-                 max_connections, network).",
+                "The circuit breaker closed {:.0} s ago (it has opened {} time(s) in all). If \
+                 outages recur, look at the database (availability, max_connections, \
+                 network).",
                 s.breaker
                     .last_transition_age
                     .unwrap_or_default()
@@ -123,7 +128,10 @@ pub fn recommendations(s: &PoolStats) -> Vec<Recommendation> {
         };
         out.push(Recommendation {
             rule: "breaker_opened",
-            severity: if s.breaker.state == BreakerState::Open {
+            severity: if matches!(
+                s.breaker.state,
+                BreakerState::Open | BreakerState::ForcedOpen
+            ) {
                 Severity::Critical
             } else {
                 Severity::Warning
