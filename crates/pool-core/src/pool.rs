@@ -106,12 +106,13 @@ impl<M: ManageConnection> PoolInner<M> {
         let mut connects = tokio::task::JoinSet::new();
         for _ in 0..missing {
             let managed = self.managed.clone();
-            connects.spawn(async move { managed.connect().await });
+            connects.spawn(async move { managed.connect().await.map(|c| Unclaimed(Some(c))) });
         }
         let mut first_error = None;
         while let Some(joined) = connects.join_next().await {
             match joined {
                 Ok(Ok(conn)) => {
+                    let conn = conn.claim();
                     // Load filled the pool meanwhile: this one is surplus.
                     match self.bb8.add(conn) {
                         Ok(()) => {}
@@ -749,6 +750,28 @@ where
                 Poll::Ready(()) => this.opened.set(shared.breaker_changed.notified()),
                 Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+}
+
+/// A connection a top-up opened, until the top-up takes it: if the top-up is abandoned
+/// first (a `warm_up` whose caller gave up), the connection is closed as surplus, like one
+/// that load had overtaken, not counted as broken.
+struct Unclaimed<C>(Option<Tracked<C>>);
+
+impl<C> Unclaimed<C> {
+    fn claim(mut self) -> Tracked<C> {
+        match self.0.take() {
+            Some(conn) => conn,
+            None => unreachable!("an unclaimed connection is claimed once"),
+        }
+    }
+}
+
+impl<C> Drop for Unclaimed<C> {
+    fn drop(&mut self) {
+        if let Some(conn) = &mut self.0 {
+            conn.meta.close.get_or_insert(CloseReason::Overflow);
         }
     }
 }

@@ -1631,3 +1631,32 @@ async fn a_probe_connection_a_full_pool_has_no_room_for_is_closed_as_overflow() 
     assert_eq!(s.connections_closed.total(), 3);
     assert_eq!((s.size, s.idle), (1, 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn connections_of_an_abandoned_warm_up_are_closed_as_surplus_not_broken() {
+    let (manager, state) = MemManager::new();
+    state.connect_ms.store(100, SeqCst);
+    let pool = builder()
+        .base_size(2)
+        .max_overflow(0)
+        .build(manager)
+        .unwrap();
+    // The warm-up starts its two connects (before the build's own top-up runs), and its
+    // caller gives up once they have finished but before the warm-up took them.
+    let mut warm = Box::pin(pool.warm_up());
+    let first = poll_fn(|cx| Poll::Ready(warm.as_mut().poll(cx).is_pending())).await;
+    assert!(first, "connecting");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(warm);
+    // The build's top-up then opens the base.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = pool.stats();
+    assert_eq!(s.connections_created, 4, "{s:?}");
+    assert_eq!(
+        s.connections_closed.overflow, 2,
+        "{:?}",
+        s.connections_closed
+    );
+    assert_eq!(s.connections_closed.broken, 0);
+    assert_eq!((s.size, s.idle), (2, 2));
+}
