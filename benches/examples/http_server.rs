@@ -62,61 +62,28 @@ async fn layer_select(db: Db<Pg>) -> Result<&'static str, DbError> {
 
 type Bb8Pg = bb8_postgres::PostgresConnectionManager<NoTls>;
 
-async fn bb8_select(
-    Extension(pool): Extension<bb8::Pool<Bb8Pg>>,
-) -> Result<&'static str, StatusCode> {
-    let conn = pool
-        .get()
-        .await
-        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    let one = select_one(&conn)
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    std::hint::black_box(one);
-    Ok("ok")
+/// A handler that checks out from the pool in its extension itself (no layer), the same for
+/// every pool whose connections dereference to tokio-postgres' `Client`.
+macro_rules! hand_written {
+    ($name:ident, $pool:ty) => {
+        async fn $name(Extension(pool): Extension<$pool>) -> Result<&'static str, StatusCode> {
+            let conn = pool
+                .get()
+                .await
+                .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+            let one = select_one(&conn)
+                .await
+                .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+            std::hint::black_box(one);
+            Ok("ok")
+        }
+    };
 }
 
-async fn core_select(
-    Extension(pool): Extension<pool_core::Pool<Pg>>,
-) -> Result<&'static str, StatusCode> {
-    let conn = pool
-        .get()
-        .await
-        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    let one = select_one(&conn)
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    std::hint::black_box(one);
-    Ok("ok")
-}
-
-async fn bb8_core_manager_select(
-    Extension(pool): Extension<bb8::Pool<Pg>>,
-) -> Result<&'static str, StatusCode> {
-    let conn = pool
-        .get()
-        .await
-        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    let one = select_one(&conn)
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    std::hint::black_box(one);
-    Ok("ok")
-}
-
-async fn deadpool_select(
-    Extension(pool): Extension<deadpool_postgres::Pool>,
-) -> Result<&'static str, StatusCode> {
-    let conn = pool
-        .get()
-        .await
-        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    let one = select_one(&conn)
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    std::hint::black_box(one);
-    Ok("ok")
-}
+hand_written!(bb8_select, bb8::Pool<Bb8Pg>);
+hand_written!(core_select, pool_core::Pool<Pg>);
+hand_written!(bb8_core_manager_select, bb8::Pool<Pg>);
+hand_written!(deadpool_select, deadpool_postgres::Pool);
 
 async fn sqlx_select(Extension(pool): Extension<sqlx::PgPool>) -> Result<&'static str, StatusCode> {
     let (_one,): (i32,) = sqlx::query_as("SELECT 1")

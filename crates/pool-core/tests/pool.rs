@@ -945,14 +945,7 @@ async fn the_monitor_reports_utilization_levels_with_hysteresis() {
     assert_eq!(pool.stats().utilization_level, UtilizationLevel::Normal);
 
     use UtilizationLevel::*;
-    let levels: Vec<_> = recorder
-        .events()
-        .into_iter()
-        .filter_map(|e| match e {
-            Recorded::Level { from, to } => Some((from, to)),
-            _ => None,
-        })
-        .collect();
+    let levels = recorder.levels();
     assert_eq!(
         levels,
         [
@@ -1315,14 +1308,7 @@ async fn each_burst_that_exhausts_the_pool_is_one_episode_and_the_level_falls_af
     assert_eq!(s.exhaustion_episodes, 2);
     assert_eq!(s.utilization_level, UtilizationLevel::Normal);
     use UtilizationLevel::*;
-    let levels: Vec<_> = recorder
-        .events()
-        .into_iter()
-        .filter_map(|e| match e {
-            Recorded::Level { from, to } => Some((from, to)),
-            _ => None,
-        })
-        .collect();
+    let levels = recorder.levels();
     assert_eq!(
         levels,
         [

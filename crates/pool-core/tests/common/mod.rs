@@ -177,6 +177,17 @@ impl Recorder {
             .collect()
     }
 
+    /// The utilization level changes, in order.
+    pub fn levels(&self) -> Vec<(UtilizationLevel, UtilizationLevel)> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Recorded::Level { from, to } => Some((from, to)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Waits until an event matching `f` has been recorded, at most `limit`.
     pub async fn wait_for(&self, limit: Duration, f: impl Fn(&Recorded) -> bool) -> Recorded {
         let deadline = tokio::time::Instant::now() + limit;
