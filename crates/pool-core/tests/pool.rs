@@ -385,6 +385,22 @@ fn breaker(failures: u32) -> BreakerConfig {
     }
 }
 
+/// A pool with no base and a breaker that opens on one failure, opened by a checkout whose
+/// connect was refused (the manager still refuses); with its state and a recorder.
+async fn opened_by_a_refused_connect() -> (Pool<MemManager>, Arc<common::MemState>, Arc<Recorder>) {
+    let (manager, state) = MemManager::new();
+    let recorder = Recorder::new();
+    let pool = builder()
+        .base_size(0)
+        .breaker(breaker(1))
+        .observer(recorder.clone())
+        .build(manager)
+        .unwrap();
+    state.fail_connect.store(true, SeqCst);
+    assert!(pool.get().await.unwrap_err().is_circuit_open());
+    (pool, state, recorder)
+}
+
 /// Waits (on paused time) until the breaker has announced a transition to `to`.
 async fn wait_for_state(recorder: &Recorder, to: BreakerState, limit: Duration) {
     recorder
@@ -488,16 +504,7 @@ async fn the_breaker_opens_after_the_threshold_and_waiting_checkouts_fail_fast()
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_probe_while_half_open_reopens_the_breaker_and_probing_goes_on() {
-    let (manager, state) = MemManager::new();
-    let recorder = Recorder::new();
-    let pool = builder()
-        .base_size(0)
-        .breaker(breaker(1))
-        .observer(recorder.clone())
-        .build(manager)
-        .unwrap();
-    state.fail_connect.store(true, SeqCst);
-    assert!(pool.get().await.unwrap_err().is_circuit_open());
+    let (pool, state, recorder) = opened_by_a_refused_connect().await;
     // One probe gets through, the next does not.
     state.fail_after.store(1, SeqCst);
     state.fail_connect.store(false, SeqCst);
@@ -668,16 +675,7 @@ async fn with_no_connection_a_server_at_capacity_fails_checkouts_fast() {
 
 #[tokio::test(start_paused = true)]
 async fn a_probe_that_panics_is_a_failed_probe_and_probing_goes_on() {
-    let (manager, state) = MemManager::new();
-    let recorder = Recorder::new();
-    let pool = builder()
-        .base_size(0)
-        .breaker(breaker(1))
-        .observer(recorder.clone())
-        .build(manager)
-        .unwrap();
-    state.fail_connect.store(true, SeqCst);
-    assert!(pool.get().await.unwrap_err().is_circuit_open());
+    let (pool, state, recorder) = opened_by_a_refused_connect().await;
     state.fail_connect.store(false, SeqCst);
     state.panic_connect.store(true, SeqCst);
     tokio::time::sleep(Duration::from_secs(3)).await;

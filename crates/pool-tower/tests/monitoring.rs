@@ -51,14 +51,19 @@ async fn get(
 
 const REPORT: &str = "/monitoring/connection-pool";
 
+/// The monitoring API over `pool`, behind [`TOKEN`].
+fn router_for(pool: &Pool<Mem>) -> axum::Router {
+    Monitoring::new()
+        .token(TOKEN)
+        .pool(pool)
+        .unwrap()
+        .into_router()
+}
+
 #[tokio::test]
 async fn only_the_right_token_in_the_authorization_header_gets_in() {
     let pool = pool("main", Mem::default());
-    let router = Monitoring::new()
-        .token(TOKEN)
-        .pool(&pool)
-        .unwrap()
-        .into_router();
+    let router = router_for(&pool);
     let bearer = format!("Bearer {TOKEN}");
     let refused: [(&str, Vec<(&str, &str)>); 6] = [
         (REPORT, vec![]),
@@ -122,11 +127,7 @@ async fn the_bearer_scheme_is_case_insensitive_and_whitespace_around_tokens_is_i
 #[tokio::test]
 async fn hostile_authorization_headers_get_401_and_never_a_panic() {
     let pool = pool("main", Mem::default());
-    let router = Monitoring::new()
-        .token(TOKEN)
-        .pool(&pool)
-        .unwrap()
-        .into_router();
+    let router = router_for(&pool);
     let bearer = format!("Bearer {TOKEN}");
     let longer = format!("Bearer {TOKEN}x");
     let huge = format!("Bearer {}", "a".repeat(64 * 1024));
@@ -182,11 +183,7 @@ async fn hostile_authorization_headers_get_401_and_never_a_panic() {
 #[tokio::test]
 async fn a_64_kib_authorization_header_over_real_http_is_refused() {
     let pool = pool("main", Mem::default());
-    let router = Monitoring::new()
-        .token(TOKEN)
-        .pool(&pool)
-        .unwrap()
-        .into_router();
+    let router = router_for(&pool);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -225,11 +222,7 @@ async fn without_a_token_the_endpoints_are_off() {
 async fn the_report_holds_every_stats_field_a_verdict_and_recommendations() {
     let pool = pool("main", Mem::default());
     drop(pool.get().await.unwrap());
-    let router = Monitoring::new()
-        .token(TOKEN)
-        .pool(&pool)
-        .unwrap()
-        .into_router();
+    let router = router_for(&pool);
     let bearer = format!("Bearer {TOKEN}");
     let (status, body) = get(&router, REPORT, &[("authorization", &bearer)]).await;
     assert_eq!(status, StatusCode::OK);
@@ -307,11 +300,7 @@ async fn after_an_outage_and_a_timeout_the_verdict_is_healthy_again_once_the_win
     let mem = Mem::default();
     let state = mem.0.clone();
     let pool = pool("main", mem);
-    let router = Monitoring::new()
-        .token(TOKEN)
-        .pool(&pool)
-        .unwrap()
-        .into_router();
+    let router = router_for(&pool);
     let bearer = format!("Bearer {TOKEN}");
     let report = || async { get(&router, REPORT, &[("authorization", &bearer)]).await.1 };
     let rules = |body: &serde_json::Value| -> Vec<String> {
