@@ -635,18 +635,17 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
             {
                 (Some(hooks.reset), None)
             }
-            // A connection the pool closes anyway need not wait for its driver.
-            Some(hooks)
-                if guard.meta.close.is_none() && guard.meta.retire_reason(now).is_none() =>
-            {
-                (
+            // A connection the pool closes anyway need not wait for its driver. The driver
+            // check first (a few atomics), so the lifetime check (bb8's
+            // `has_broken` makes it again) runs only for connections that would wait.
+            Some(hooks) if guard.meta.close.is_none() => (
                 None,
                 hooks
                     .park
                     .and_then(|park| park(&guard.conn))
+                    .filter(|_| guard.meta.retire_reason(now).is_none())
                     .map(|slot| (slot, hooks.on_return, hooks.reset)),
-                )
-            }
+            ),
             _ => (None, None),
         };
         let meta = &mut *guard.meta;
