@@ -573,7 +573,12 @@ async fn steady_load_above_the_base_reuses_its_connections_after_warm_up() {
         opened <= 1,
         "overflow connections are reused, not reopened: {opened}"
     );
-    assert_eq!(pool.stats().connections_closed.total(), 0);
+    // The same bound the other way: the pool hands out the most recently returned connection
+    // first, so one opened in such a moment may sit unused for the idle timeout and be closed
+    // as idle (once); anything else closed, or more, is churn.
+    let closed = pool.stats().connections_closed;
+    assert_eq!(closed.total(), closed.idle_timeout, "{closed:?}");
+    assert!(closed.idle_timeout <= 1, "{closed:?}");
     sc.finish(&report).await;
 }
 
