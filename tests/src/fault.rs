@@ -423,7 +423,7 @@ pub async fn assert_recovered(
         }
         assert!(
             Instant::now() < deadline,
-            "not at rest: size {} idle {} in use {} idle-in-transaction {stuck}",
+            "not at rest: size {} idle {} in use {} idle-in-transaction {stuck}; {s:?}",
             s.size,
             s.idle,
             s.in_use
