@@ -5,18 +5,20 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
+use opentelemetry::global;
 use opentelemetry::metrics::MeterProvider;
-use opentelemetry::{global, KeyValue};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use pool_benches::{bb8_pool, criterion, pool, runtime, Unit};
+
+#[path = "../common/floor.rs"]
+mod floor;
 use pool_tower::{Db, PoolLayer, PoolTelemetry};
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -48,31 +50,8 @@ fn bench(c: &mut Criterion) {
     telemetry.observe(&observed).unwrap();
     let bare_pool = rt.block_on(pool(None));
 
-    // For the breakdown: the hand-written service plus what any layer like this one must
-    // also do per request, and nothing else: put a handle into the request's extensions and
-    // record the wait and use time histograms (with the pool-name attribute) in the SDK.
-    let floor = {
-        let pool = bb8.clone();
-        let meter = meters.meter("bench-floor");
-        let wait = meter.f64_histogram("floor.wait_time").build();
-        let used = meter.f64_histogram("floor.use_time").build();
-        let attrs = [KeyValue::new("db.client.connection.pool.name", "bench")];
-        let metrics = Arc::new((wait, used, attrs));
-        service_fn(move |mut req: Request<()>| {
-            let pool = pool.clone();
-            let metrics = metrics.clone();
-            async move {
-                let (wait, used, attrs) = &*metrics;
-                req.extensions_mut().insert(Arc::new(()));
-                let conn = pool.get_owned().await.unwrap();
-                wait.record(0.0, attrs);
-                black_box(&*conn);
-                drop(conn);
-                used.record(0.0, attrs);
-                Ok::<_, Infallible>(Response::new(String::new()))
-            }
-        })
-    };
+    // For the breakdown: the hand-written service plus what any layer must also do.
+    let floor = floor::floor(bb8.clone(), &meters.meter("bench-floor"));
     let baseline = service_fn(move |_req: Request<()>| {
         let pool = bb8.clone();
         async move {

@@ -10,13 +10,14 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
-use std::sync::Arc;
 
 use http::{Request, Response};
 use opentelemetry::metrics::MeterProvider;
-use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use pool_benches::{bb8_pool, pool, Unit};
+
+#[path = "../common/floor.rs"]
+mod floor;
 use pool_tower::{Db, PoolLayer, PoolTelemetry};
 use tokio::runtime::Runtime;
 use tower::{service_fn, Layer, Service, ServiceExt};
@@ -139,26 +140,7 @@ fn main() {
         "request_floor" => {
             // The hand-written service plus what any such layer must also do: a handle in
             // the request's extensions and the wait and use time histograms recorded.
-            let pool = rt.block_on(bb8_pool());
-            let meter = meters.meter("floor");
-            let wait = meter.f64_histogram("floor.wait_time").build();
-            let used = meter.f64_histogram("floor.use_time").build();
-            let attrs = [KeyValue::new("db.client.connection.pool.name", "bench")];
-            let metrics = Arc::new((wait, used, attrs));
-            let svc = service_fn(move |mut req: Request<()>| {
-                let pool = pool.clone();
-                let metrics = metrics.clone();
-                async move {
-                    let (wait, used, attrs) = &*metrics;
-                    req.extensions_mut().insert(Arc::new(()));
-                    let conn = pool.get_owned().await.unwrap();
-                    wait.record(0.0, attrs);
-                    black_box(&*conn);
-                    drop(conn);
-                    used.record(0.0, attrs);
-                    Ok(Response::new(String::new()))
-                }
-            });
+            let svc = floor::floor(rt.block_on(bb8_pool()), &meters.meter("floor"));
             requests(&rt, svc, iterations);
         }
         "request_layer" | "request_layer_no_metrics" | "request_layer_eager" => {
