@@ -18,6 +18,18 @@ use pool_core::{
     PoolEvent, PoolObserver, RunError, UtilizationLevel, FIRST_PROBE_DELAY, LEVEL_WINDOW,
 };
 
+/// A pool of `base` connections and `overflow` more on the in-memory manager, with the
+/// suite's other settings ([`builder`]).
+fn sized(base: u32, overflow: u32) -> (Pool<MemManager>, Arc<common::MemState>) {
+    let (manager, state) = MemManager::new();
+    let pool = builder()
+        .base_size(base)
+        .max_overflow(overflow)
+        .build(manager)
+        .unwrap();
+    (pool, state)
+}
+
 fn builder() -> PoolBuilder<MemManager> {
     Pool::builder()
         .name("mem")
@@ -149,12 +161,7 @@ async fn without_an_idle_timeout_overflow_connections_stay() {
 
 #[tokio::test(start_paused = true)]
 async fn pings_are_skipped_for_connections_used_within_the_bypass_window() {
-    let (manager, state) = MemManager::new();
-    let pool = builder()
-        .base_size(1)
-        .max_overflow(0)
-        .build(manager)
-        .unwrap();
+    let (pool, state) = sized(1, 0);
     drop(pool.get().await.unwrap());
     let pings_after_first = state.pings.load(SeqCst);
     drop(pool.get().await.unwrap());
@@ -252,12 +259,7 @@ async fn a_checkout_abandoned_during_its_ping_closes_the_connection_instead_of_r
 
 #[tokio::test(start_paused = true)]
 async fn run_abandoned_mid_operation_closes_the_connection() {
-    let (manager, _state) = MemManager::new();
-    let pool = builder()
-        .base_size(1)
-        .max_overflow(0)
-        .build(manager)
-        .unwrap();
+    let (pool, _state) = sized(1, 0);
     let first = pool.get().await.unwrap().id;
     // The caller gives up after 1 s on an operation that never ends.
     let gave_up = tokio::time::timeout(
@@ -304,12 +306,7 @@ async fn lifetimes_end_between_97_5_and_100_percent_of_the_maximum() {
 
 #[tokio::test(start_paused = true)]
 async fn dropping_a_thousand_waiting_checkouts_leaves_nothing_pending() {
-    let (manager, _state) = MemManager::new();
-    let pool = builder()
-        .base_size(1)
-        .max_overflow(1)
-        .build(manager)
-        .unwrap();
+    let (pool, _state) = sized(1, 1);
     let held = [pool.get().await.unwrap(), pool.get().await.unwrap()];
 
     let mut waiting: Vec<Pin<Box<dyn Future<Output = _> + Send + '_>>> =
@@ -342,12 +339,7 @@ async fn poll_once<F: Future + Unpin>(fut: &mut F) -> bool {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn waiting_checkouts_are_served_first_come_first_served() {
-    let (manager, _state) = MemManager::new();
-    let pool = builder()
-        .base_size(1)
-        .max_overflow(0)
-        .build(manager)
-        .unwrap();
+    let (pool, _state) = sized(1, 0);
     pool.warm_up().await.unwrap();
     let held = pool.get().await.unwrap();
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -387,12 +379,7 @@ async fn waiting_checkouts_are_served_first_come_first_served() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_connection_handed_to_a_checkout_that_gives_up_goes_to_the_next_one() {
-    let (manager, state) = MemManager::new();
-    let pool = builder()
-        .base_size(1)
-        .max_overflow(0)
-        .build(manager)
-        .unwrap();
+    let (pool, state) = sized(1, 0);
     pool.warm_up().await.unwrap();
     let held = pool.get().await.unwrap();
     let mut first = Box::pin(pool.get());
@@ -1420,12 +1407,7 @@ async fn an_exhaustion_reached_while_checkouts_already_wait_is_an_episode() {
     // Four borrowers that hold on (behind a lock, a slow query) against one warm connection
     // and room for two more: three queue while the pool is not yet full, then the pool
     // fills with one of them still waiting.
-    let (manager, state) = MemManager::new();
-    let pool = builder()
-        .base_size(1)
-        .max_overflow(2)
-        .build(manager)
-        .unwrap();
+    let (pool, state) = sized(1, 2);
     pool.warm_up().await.unwrap();
     state.connect_ms.store(100, SeqCst);
     let borrowers: Vec<_> = (0..4)
