@@ -8,7 +8,6 @@ mod config;
 mod connection;
 mod env;
 mod error;
-mod handoff;
 mod monitor;
 mod observer;
 mod pool;
