@@ -385,9 +385,16 @@ fn breaker(failures: u32) -> BreakerConfig {
 /// A pool with no base and a breaker that opens on one failure, opened by a checkout whose
 /// connect was refused (the manager still refuses); with its state and a recorder.
 async fn opened_by_a_refused_connect() -> (Pool<MemManager>, Arc<common::MemState>, Arc<Recorder>) {
+    opened_by_a_refused_connect_with(|b| b).await
+}
+
+/// [`opened_by_a_refused_connect`] with `adjust` applied to the builder first.
+async fn opened_by_a_refused_connect_with(
+    adjust: impl FnOnce(PoolBuilder<MemManager>) -> PoolBuilder<MemManager>,
+) -> (Pool<MemManager>, Arc<common::MemState>, Arc<Recorder>) {
     let (manager, state) = MemManager::new();
     let recorder = Recorder::new();
-    let pool = builder()
+    let pool = adjust(builder())
         .base_size(0)
         .breaker(breaker(1))
         .observer(recorder.clone())
@@ -631,17 +638,8 @@ async fn connects_that_overlap_but_time_out_apart_each_count() {
 
 #[tokio::test(start_paused = true)]
 async fn a_probe_refused_for_capacity_has_reached_the_database() {
-    let (manager, state) = MemManager::new();
-    let recorder = Recorder::new();
-    let pool = builder()
-        .base_size(0)
-        .connect_failures(common::mem_connect_failure)
-        .breaker(breaker(1))
-        .observer(recorder.clone())
-        .build(manager)
-        .unwrap();
-    state.fail_connect.store(true, SeqCst);
-    assert!(pool.get().await.unwrap_err().is_circuit_open());
+    let (_pool, state, recorder) =
+        opened_by_a_refused_connect_with(|b| b.connect_failures(common::mem_connect_failure)).await;
     // Back, but full: the server answers, so the breaker closes and checkouts wait for a
     // connection instead of being turned away.
     state.fail_connect.store(false, SeqCst);
