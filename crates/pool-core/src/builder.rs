@@ -298,35 +298,39 @@ impl<M: ManageConnection> PoolBuilder<M> {
     /// The PostgreSQL backend rolls back a transaction left open or failed, and waits out
     /// requests still queued. Defaults to none.
     pub fn reset_with(
-        mut self,
+        self,
         on_return: fn(&M::Connection) -> bool,
         on_checkout: fn(&M::Connection) -> bool,
         reset: crate::connection::ResetFn<M::Connection>,
     ) -> Self {
-        self.reset = Some(Arc::new(crate::connection::ResetHooks {
-            on_return,
-            on_checkout,
-            reset,
-            park: None,
-        }));
-        self
+        self.with_reset_hooks(on_return, on_checkout, reset, None)
     }
 
     /// [`PoolBuilder::reset_with`], with a place to leave connections returned while their
     /// driver still has work queued (see `connection::Park`).
     #[cfg(feature = "postgres")]
     pub(crate) fn reset_and_park_with(
-        mut self,
+        self,
         on_return: fn(&M::Connection) -> bool,
         on_checkout: fn(&M::Connection) -> bool,
         reset: crate::connection::ResetFn<M::Connection>,
         park: crate::connection::ParkFn<M::Connection>,
     ) -> Self {
+        self.with_reset_hooks(on_return, on_checkout, reset, Some(park))
+    }
+
+    fn with_reset_hooks(
+        mut self,
+        on_return: fn(&M::Connection) -> bool,
+        on_checkout: fn(&M::Connection) -> bool,
+        reset: crate::connection::ResetFn<M::Connection>,
+        park: Option<crate::connection::ParkFn<M::Connection>>,
+    ) -> Self {
         self.reset = Some(Arc::new(crate::connection::ResetHooks {
             on_return,
             on_checkout,
             reset,
-            park: Some(park),
+            park,
         }));
         self
     }
