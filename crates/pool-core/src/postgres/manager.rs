@@ -214,6 +214,9 @@ struct TaskState {
     /// (see `connection::Park`); `has_parked` says so without the lock.
     parked: parking_lot::Mutex<Option<crate::connection::Release>>,
     has_parked: AtomicBool,
+    /// The connection future is gone (ended or dropped): the task runs no more, so nothing
+    /// is pending however many wakes its last run left unseen.
+    ended: AtomicBool,
 }
 
 impl std::fmt::Debug for TaskState {
@@ -227,9 +230,11 @@ impl std::fmt::Debug for TaskState {
 
 impl TaskState {
     fn pending(&self) -> bool {
-        // SeqCst with the stores in `park` and `Driven::poll`: either the task sees a
-        // connection parked, or `park` sees that the task has run (see `park`).
-        self.wakes.load(Ordering::SeqCst) != self.seen.load(Ordering::SeqCst)
+        // SeqCst with the stores in `park`, `Driven::poll` and `Driven::drop`: either the
+        // task sees a connection parked, or `park` sees that the task has run or ended (see
+        // `park`).
+        !self.ended.load(Ordering::SeqCst)
+            && self.wakes.load(Ordering::SeqCst) != self.seen.load(Ordering::SeqCst)
     }
 
     fn take_parked(&self) -> Option<crate::connection::Release> {
@@ -248,9 +253,9 @@ impl crate::connection::Park for TaskState {
         }
         *self.parked.lock() = Some(release);
         self.has_parked.store(true, Ordering::SeqCst);
-        // The task may have finished its run between the check above and the store, and
-        // then not have seen the connection: if it has run, release it here (whoever takes
-        // it first does; it is taken once).
+        // The task may have finished its run (or ended) between the check above and the
+        // store, and then not have seen the connection: if so, release it here (whoever
+        // takes it first does; it is taken once).
         if !self.pending() {
             if let Some(release) = self.take_parked() {
                 release();
@@ -322,6 +327,11 @@ impl<F> Drop for Driven<F> {
         // goes through its release once the connection itself is gone, so the client reads
         // as closed and bb8 closes it instead of keeping it.
         self.connection = None;
+        // Before looking for a parked connection: a return that parks one after this look
+        // sees the task ended and releases it itself. Without it, a wake during the last run
+        // would leave the task pending for good, and a connection parked then would never
+        // go back (bb8 would count it in use for ever).
+        self.task.ended.store(true, Ordering::SeqCst);
         if let Some(release) = self.task.take_parked() {
             release();
         }
@@ -867,5 +877,77 @@ where
 
     fn has_broken(&self, conn: &mut PostgresConnection) -> bool {
         conn.client.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    use super::{Driven, TaskState};
+    use crate::connection::Park;
+
+    /// A connection future whose last run is woken while it runs (a socket that became
+    /// readable as it closed) and then ends.
+    struct EndsWokenUp;
+
+    impl Future for EndsWokenUp {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            cx.waker().wake_by_ref();
+            Poll::Ready(())
+        }
+    }
+
+    fn driven(task: &Arc<TaskState>) -> Driven<EndsWokenUp> {
+        Driven {
+            connection: Some(Box::pin(EndsWokenUp)),
+            waker: Waker::from(task.clone()),
+            task: task.clone(),
+        }
+    }
+
+    fn counting(released: &Arc<AtomicUsize>) -> crate::connection::Release {
+        let released = released.clone();
+        Box::new(move || {
+            released.fetch_add(1, Ordering::SeqCst);
+        })
+    }
+
+    #[test]
+    fn a_connection_returned_after_its_driver_ended_is_released_at_once() {
+        let task = Arc::new(TaskState::default());
+        let mut connection = driven(&task);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(Pin::new(&mut connection).poll(&mut cx), Poll::Ready(()));
+        // Woken during its last run: the counters alone still say "pending".
+        assert_ne!(
+            task.wakes.load(Ordering::SeqCst),
+            task.seen.load(Ordering::SeqCst)
+        );
+        drop(connection);
+        assert!(!task.pending());
+        let released = Arc::new(AtomicUsize::new(0));
+        assert!(task.park(counting(&released)).is_err());
+        assert!(!task.has_parked.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_connection_parked_before_its_driver_ends_is_released_by_the_end() {
+        let task = Arc::new(TaskState::default());
+        let connection = driven(&task);
+        // A request queued that the task has not run for yet.
+        Waker::from(task.clone()).wake_by_ref();
+        let released = Arc::new(AtomicUsize::new(0));
+        assert!(task.park(counting(&released)).is_ok());
+        assert_eq!(released.load(Ordering::SeqCst), 0);
+        drop(connection);
+        assert_eq!(released.load(Ordering::SeqCst), 1);
+        assert!(task.take_parked().is_none());
     }
 }
