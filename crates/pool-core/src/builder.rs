@@ -396,6 +396,7 @@ impl<M: ManageConnection> PoolBuilder<M> {
             self.observers,
             self.cancel,
             self.reset,
+            crate::handoff::Queue::<M>::boxed(),
         ));
         let managed = Managed {
             inner: Arc::new(manager),
@@ -421,7 +422,8 @@ impl<M: ManageConnection> PoolBuilder<M> {
             // light load the others stay idle and the reaper can close those above the base
             // (a queue would touch every one in turn and keep them all open), and the one
             // handed out is the likeliest to be within the pre-ping bypass window. Waiting
-            // checkouts are still served first come, first served.
+            // checkouts are served first come, first served by the pool's own queue (see
+            // `handoff`); bb8's connection timeout only bounds that queue's pumps.
             .queue_strategy(bb8::QueueStrategy::Lifo)
             .build_unchecked(managed.clone());
         let classify = self

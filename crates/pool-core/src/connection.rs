@@ -616,7 +616,7 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
         if self.in_flight {
             self.abandon_operation();
         }
-        // Works on the connection in place; bb8's guard (the field) then puts it back.
+        // Works on the connection in place, then gives it to a waiting checkout or back to bb8.
         let checked_out_at = self.checked_out_at;
         let leak_id = self.leak_id;
         let guard = self.guard_mut();
@@ -683,6 +683,12 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
             self.start_reset(reset);
         } else if let Some((slot, on_return, reset)) = park {
             self.park(slot, on_return, reset);
+        } else if shared.queued.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+            // Checkouts wait: to the first of them (see `handoff::give_back`). Otherwise the
+            // field's own drop puts it back into bb8, with no move of the guard.
+            if let Some(conn) = self.conn.take() {
+                crate::handoff::give_back(conn);
+            }
         }
     }
 }
@@ -690,7 +696,7 @@ impl<M: ManageConnection> Drop for PooledConnection<M> {
 impl<M: ManageConnection> PooledConnection<M> {
     /// Keeps a connection whose session is not clean out of the pool until it is: a task on
     /// the pool's runtime resets it within the validation timeout, counts the return, and
-    /// then lets bb8 take it back (closed if the reset failed). It is marked for closing
+    /// then gives it back (closed if the reset failed). It is marked for closing
     /// before the task exists, so a task that never runs (the runtime shutting down) closes
     /// it rather than putting it back.
     fn start_reset(&mut self, reset: ResetFn<M::Connection>) {
@@ -716,7 +722,7 @@ impl<M: ManageConnection> PooledConnection<M> {
                 spawn_reset(conn, reset);
             } else {
                 conn.meta.shared.counters.count_return();
-                drop(conn);
+                crate::handoff::give_back(conn);
             }
         });
         if let Err(release) = slot.park(release) {
@@ -726,7 +732,7 @@ impl<M: ManageConnection> PooledConnection<M> {
 }
 
 /// Resets a returned connection's session in a task on the pool's runtime, counts the
-/// return, then lets bb8 take it back (closed if the reset failed). It is marked for closing
+/// return, then gives it back (closed if the reset failed). It is marked for closing
 /// before the task exists, so a task that never runs (the runtime shutting down) closes it
 /// rather than putting it back.
 fn spawn_reset<M: ManageConnection>(
@@ -741,7 +747,7 @@ fn spawn_reset<M: ManageConnection>(
         let outcome = tokio::time::timeout(limit, reset(&mut conn.conn)).await;
         finish_reset(&shared, &mut conn, outcome);
         shared.counters.count_return();
-        drop(conn);
+        crate::handoff::give_back(conn);
     });
 }
 

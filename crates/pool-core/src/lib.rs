@@ -8,6 +8,7 @@ mod config;
 mod connection;
 mod env;
 mod error;
+mod handoff;
 mod monitor;
 mod observer;
 mod pool;

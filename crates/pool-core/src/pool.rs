@@ -16,6 +16,7 @@ use crate::builder::PoolBuilder;
 use crate::clock::Stamp;
 use crate::connection::{Managed, PooledConnection, Tracked, Verdict};
 use crate::error::{CheckoutError, ConnectError, PoolSnapshot, RunError};
+use crate::handoff::{Given, Lent, Queue};
 use crate::observer::{CheckoutOutcome, CloseReason, PoolEvent};
 use crate::shared::Shared;
 use crate::stats::{BreakerStats, MonitorStatus, PoolStats};
@@ -246,6 +247,10 @@ impl<M: ManageConnection> Pool<M> {
 
     /// Checks out a connection, waiting in a FIFO queue up to the checkout timeout.
     ///
+    /// The queue is strict: while checkouts wait, a returned connection goes to the one that
+    /// has waited longest, and a checkout that arrives meanwhile (a client's next request)
+    /// queues behind them instead of taking it.
+    ///
     /// Fails at once with [`CheckoutError::CircuitOpen`] while the breaker is open, and
     /// waiting checkouts fail the moment it opens. Dropping the future at any point leaves
     /// nothing behind: no slot is leaked and the pending count falls.
@@ -314,87 +319,127 @@ impl<M: ManageConnection> Pool<M> {
         PooledConnection::new(conn, now, leak_id)
     }
 
-    /// Waits in the queue (failing fast if the breaker opens meanwhile), validates what it
-    /// gets, and retries with another connection until the checkout timeout.
-    async fn checkout_slow(
-        &self,
-        start: Stamp,
-        location: &'static Location<'static>,
-        mut candidate: Option<bb8::PooledConnection<'static, Managed<M>>>,
-    ) -> Result<PooledConnection<M>, CheckoutError> {
-        let shared = &self.inner.shared;
-        let counters = &shared.counters;
-        let mut waiting = Waiting::new(shared);
+    /// The slow path's start: counted as pending (and the exhaustion episode started, if
+    /// every connection is out), and the deadline.
+    fn begin_slow(&self, start: Stamp) -> (Waiting<'_>, tokio::time::Instant) {
+        let shared = &*self.inner.shared;
+        let waiting = Waiting::new(shared);
         // Exhausted if every connection is out as this one starts to wait; or later, when a
         // checkout takes the last one while this one still waits (see `check_rise`).
-        if counters.in_use() >= u64::from(shared.config.max_size()) {
+        if shared.counters.in_use() >= u64::from(shared.config.max_size()) {
             shared.exhaustion_started();
         }
-        let managed = &self.inner.managed;
         let deadline = tokio::time::Instant::now()
             + shared
                 .config
                 .checkout_timeout
                 .saturating_sub(shared.clock.now().saturating_since(start));
-        let mut queued = false;
-        // The first wait, when nothing came before it, is bounded by bb8's own timeout, which
-        // is the checkout timeout: no timer of ours for the common case (one wait, a
-        // connection that needs no I/O). Validation I/O and any later wait get what is left
-        // of the checkout timeout.
-        let mut first_wait = candidate.is_none();
-        let result = loop {
-            let mut conn = match candidate.take() {
-                Some(conn) => conn,
-                None => {
-                    let next = if std::mem::take(&mut first_wait) {
-                        self.next_connection().await
-                    } else {
-                        // Boxed, as is the validation below: rare, and each would otherwise
-                        // enlarge every waiting checkout by a timer and a second wait.
-                        let bounded =
-                            Box::pin(tokio::time::timeout_at(deadline, self.next_connection()));
-                        match bounded.await {
-                            Ok(next) => next,
-                            Err(_elapsed) => break Err(None),
-                        }
-                    };
-                    match next {
-                        Ok((conn, waited)) => {
-                            queued |= waited;
-                            conn
-                        }
-                        Err(Next::Rejected(e)) => return Err(e),
-                        Err(Next::Failed(e)) => break Err(Some(e)),
-                    }
-                }
+        (waiting, deadline)
+    }
+
+    /// A checkout that found no usable idle connection: waits its turn in the queue.
+    async fn checkout_queued(
+        &self,
+        start: Stamp,
+        location: &'static Location<'static>,
+    ) -> Result<PooledConnection<M>, CheckoutError> {
+        let (waiting, deadline) = self.begin_slow(start);
+        let result = self.wait_turn(deadline).await;
+        self.finish_slow(result, waiting, start, false, location)
+    }
+
+    /// A checkout whose idle connection needs a ping or a session reset first: validates
+    /// it, and waits its turn in the queue if it fails. Its own future, so that waiting
+    /// checkouts do not carry room for the candidate.
+    async fn checkout_candidate(
+        &self,
+        start: Stamp,
+        location: &'static Location<'static>,
+        mut conn: Lent<M>,
+    ) -> Result<PooledConnection<M>, CheckoutError> {
+        let (waiting, deadline) = self.begin_slow(start);
+        let now = self.inner.shared.clock.now();
+        let validation =
+            tokio::time::timeout_at(deadline, self.inner.managed.validate(&mut conn, now));
+        let (result, queued) = match validation.await {
+            Ok(true) => (Ok(conn), false),
+            // Condemned: dropping it closes it. Wait for another.
+            Ok(false) => {
+                drop(conn);
+                (Box::pin(self.wait_turn(deadline)).await, true)
+            }
+            // Condemned until validated, so closed when dropped here.
+            Err(_elapsed) => (Err(None), false),
+        };
+        self.finish_slow(result, waiting, start, !queued, location)
+    }
+
+    /// Waits in the queue (turned away if the breaker opens meanwhile), validates what it
+    /// gets, and goes on with another connection until `deadline`. `Err(None)`: timed out.
+    async fn wait_turn(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<Lent<M>, Option<CheckoutError>> {
+        let shared = &*self.inner.shared;
+        let managed = &self.inner.managed;
+        // A checkout that had its turn and got a connection it could not use keeps its
+        // place: it joins the queue again at the front.
+        let mut front = false;
+        loop {
+            // Turned away before joining, if the breaker has opened (a failed validation
+            // may have opened it): no pump is started for it.
+            if let Some(retry_after) = shared.open_retry_after() {
+                return Err(Some(shared.reject(retry_after)));
+            }
+            let next = self.next_connection(std::mem::replace(&mut front, true));
+            let mut conn = match tokio::time::timeout_at(deadline, next).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(rejected)) => return Err(Some(rejected)),
+                Err(_elapsed) => return Err(None),
             };
             let now = shared.clock.now();
             match managed.verdict(&mut conn, now) {
-                Verdict::Valid => break Ok(conn),
+                Verdict::Valid => return Ok(conn),
                 // Condemned (reason set): dropping it closes it. Try another.
                 Verdict::Retired => continue,
                 Verdict::Ping | Verdict::Reset => {}
             }
+            // Boxed: rare, and it would otherwise enlarge every waiting checkout.
             let validation = Box::pin(tokio::time::timeout_at(
                 deadline,
                 managed.validate(&mut conn, now),
             ));
             match validation.await {
-                Ok(true) => break Ok(conn),
+                Ok(true) => return Ok(conn),
                 // Condemned: dropping it closes it. Try another.
                 Ok(false) => continue,
                 // Condemned until validated, so closed when dropped here.
-                Err(_elapsed) => break Err(None),
+                Err(_elapsed) => return Err(None),
             }
-        };
+        }
+    }
+
+    /// The slow path's end: the connection handed out, or the timeout counted and
+    /// reported (with the pool's state and the last connection error, if recent).
+    fn finish_slow(
+        &self,
+        result: Result<Lent<M>, Option<CheckoutError>>,
+        mut waiting: Waiting<'_>,
+        start: Stamp,
+        direct: bool,
+        location: &'static Location<'static>,
+    ) -> Result<PooledConnection<M>, CheckoutError> {
+        let shared = &*self.inner.shared;
+        let counters = &shared.counters;
         let now = shared.clock.now();
         let waited = now.saturating_since(start);
         match result {
             Ok(conn) => {
                 waiting.done();
-                Ok(self.hand_out(conn, now, waited, !queued, location))
+                Ok(self.hand_out(conn, now, waited, direct, location))
             }
-            Err(error) => {
+            Err(Some(rejected)) => Err(rejected),
+            Err(None) => {
                 let state = self.inner.bb8.state();
                 let snapshot = PoolSnapshot {
                     total: state.connections,
@@ -407,16 +452,11 @@ impl<M: ManageConnection> Pool<M> {
                 counters.timeouts.fetch_add(1, Relaxed);
                 shared.recent.lock().timeout = Some(now);
                 counters.record_wait(waited);
-                let (last_error, last_error_age) = match error {
-                    Some(bb8::RunError::User(e)) => {
-                        (Some(shared.scrub(&e.to_string())), Some(Duration::ZERO))
+                let (last_error, last_error_age) = match shared.last_error_aged() {
+                    (Some(text), Some(age)) if age <= crate::error::RECENT_ERROR => {
+                        (Some(text), Some(age))
                     }
-                    Some(bb8::RunError::TimedOut) | None => match shared.last_error_aged() {
-                        (Some(text), Some(age)) if age <= crate::error::RECENT_ERROR => {
-                            (Some(text), Some(age))
-                        }
-                        _ => (None, None),
-                    },
+                    _ => (None, None),
                 };
                 shared.emit(&PoolEvent::Checkout {
                     waited,
@@ -442,15 +482,17 @@ impl<M: ManageConnection> Pool<M> {
         }
     }
 
-    /// One connection from bb8's queue, unless the breaker opens first; `true` with it when
-    /// the checkout had to queue for it (none was idle when it asked).
-    fn next_connection(&self) -> impl Future<Output = NextResult<M>> + Send + '_ {
-        let shared = &*self.inner.shared;
+    /// A turn in the pool's queue (at the front for a checkout that keeps its place), with
+    /// the pumps it may need started: its connection, unless the breaker turns it away.
+    fn next_connection(&self, front: bool) -> NextConnection<'_, M> {
+        let inner = &*self.inner;
+        let queue = Queue::<M>::of(&inner.shared);
+        let given = queue.join(&inner.shared, front);
+        queue.pump(&inner.bb8, &inner.shared);
         NextConnection {
-            shared,
-            get: self.inner.bb8.get_owned(),
-            opened: shared.breaker_changed.notified(),
-            queued: false,
+            inner,
+            given,
+            polled: false,
         }
     }
 
@@ -645,12 +687,6 @@ impl<M: ManageConnection> Pool<M> {
     }
 }
 
-/// A connection from bb8's queue, and whether the checkout queued for it.
-type NextResult<M> = Result<
-    (bb8::PooledConnection<'static, Managed<M>>, bool),
-    Next<<M as ManageConnection>::Error>,
->;
-
 type SlowCheckout<'a, M> =
     Pin<Box<dyn Future<Output = Result<PooledConnection<M>, CheckoutError>> + Send + 'a>>;
 
@@ -676,11 +712,13 @@ impl<M: ManageConnection> Future for Checkout<'_, M> {
         let shared = &pool.inner.shared;
         shared.admit()?;
         let start = shared.clock.now();
-        // Every open connection out (the pool under load): the slow path at once, with one
-        // bb8 checkout instead of a first one that would queue and be dropped. A stale read
-        // only sends a checkout down the other path, which also works.
+        // Checkouts queued (this one goes behind them), or every open connection out (the
+        // pool under load): the queue at once. A stale read only sends a checkout down the
+        // other path, which also works.
         let counters = &shared.counters;
-        let candidate = if counters.open.load(Relaxed) <= counters.in_use() {
+        let candidate = if shared.queued.load(Relaxed) > 0
+            || counters.open.load(Relaxed) <= counters.in_use()
+        {
             None
         } else {
             let mut get = pin!(pool.inner.bb8.get_owned());
@@ -700,55 +738,56 @@ impl<M: ManageConnection> Future for Checkout<'_, M> {
                 },
                 _ => None,
             }
-            // A `get` still pending ends here: alive, it would stay queued in bb8 beside
-            // the slow path's, and bb8 would open a connection for each.
+            // A `get` still pending ends here (nothing was idle after all): the queue's
+            // pumps wait in bb8 instead, and bb8 opens no connection for this one.
         };
-        let mut slow: SlowCheckout<'_, M> =
-            Box::pin(pool.checkout_slow(start, location, candidate));
+        let mut slow: SlowCheckout<'_, M> = match candidate {
+            None => Box::pin(pool.checkout_queued(start, location)),
+            Some(conn) => Box::pin(pool.checkout_candidate(start, location, conn)),
+        };
         let polled = slow.as_mut().poll(cx);
         self.slow = Some(slow);
         polled
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The future of `next_connection`, written out: a waiting checkout holds bb8's checkout
-    /// and a registration for breaker transitions, and nothing else (an `async` block with a
-    /// `select!` held about twice that), which is most of what a waiter costs in memory.
-    struct NextConnection<'a, G> {
-        shared: &'a Shared,
-        #[pin]
-        get: G,
-        // Created before the breaker's state is read, so no transition in between is
-        // missed; made anew after each one.
-        #[pin]
-        opened: tokio::sync::futures::Notified<'a>,
-        queued: bool,
-    }
+/// The future of `next_connection`: a waiting checkout holds its place in the queue and
+/// nothing else, which is most of what a waiter costs in memory. The breaker turns queued
+/// checkouts away through the queue itself (see `handoff::Queue::turn_away`).
+struct NextConnection<'a, M: ManageConnection> {
+    inner: &'a PoolInner<M>,
+    given: tokio::sync::oneshot::Receiver<Given<M>>,
+    polled: bool,
 }
 
-impl<C, E, G> Future for NextConnection<'_, G>
-where
-    G: Future<Output = Result<C, bb8::RunError<ConnectError<E>>>>,
-{
-    type Output = Result<(C, bool), Next<E>>;
+impl<M: ManageConnection> Future for NextConnection<'_, M> {
+    type Output = Result<Lent<M>, CheckoutError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
-            let mut this = self.as_mut().project();
-            let shared = *this.shared;
+            let this = &mut *self;
+            let inner = this.inner;
+            let shared = &*inner.shared;
+            // Also covers a checkout that joined just after the breaker turned the queue
+            // away: the state it opened with is visible here.
             if let Some(retry_after) = shared.open_retry_after() {
-                return Poll::Ready(Err(Next::Rejected(shared.reject(retry_after))));
+                return Poll::Ready(Err(shared.reject(retry_after)));
             }
-            if let Poll::Ready(result) = this.get.as_mut().poll(cx) {
-                let queued = *this.queued;
-                return Poll::Ready(result.map(|conn| (conn, queued)).map_err(Next::Failed));
+            if !std::mem::replace(&mut this.polled, true) {
+                // The breaker may have opened and closed again between the join and here,
+                // with the join's pumps refused while it was open: ask again.
+                Queue::<M>::of(shared).pump(&inner.bb8, &inner.shared);
             }
-            *this.queued = true;
-            match this.opened.as_mut().poll(cx) {
-                // A transition: look at the breaker again, with a new registration.
-                Poll::Ready(()) => this.opened.set(shared.breaker_changed.notified()),
-                Poll::Pending => return Poll::Pending,
+            let given = std::task::ready!(Pin::new(&mut this.given).poll(cx));
+            match given.ok().and_then(Given::claim) {
+                Some(conn) => return Poll::Ready(Ok(conn)),
+                // Turned away by a breaker that has closed again since (looked at above),
+                // or, not expected, an entry dropped unsent: back in the queue. At the
+                // back, so that checkouts turned away together keep their order.
+                None => {
+                    this.given = Queue::<M>::of(shared).join(shared, false);
+                    this.polled = false;
+                }
             }
         }
     }
@@ -774,11 +813,6 @@ impl<C> Drop for Unclaimed<C> {
             conn.meta.close.get_or_insert(CloseReason::Overflow);
         }
     }
-}
-
-enum Next<E> {
-    Rejected(CheckoutError),
-    Failed(bb8::RunError<ConnectError<E>>),
 }
 
 /// Counts a checkout as pending while it waits; if the future is dropped mid-wait the count

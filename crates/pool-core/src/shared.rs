@@ -103,6 +103,11 @@ pub(crate) struct Shared {
     pub(crate) cancel: Option<CancelHook>,
     /// Cleans a returned connection's session (PostgreSQL: rolls back an open transaction).
     pub(crate) reset: Option<ResetHook>,
+    /// The queue of waiting checkouts (a `handoff::Queue` of the pool's connection type).
+    pub(crate) queue: crate::handoff::AnyQueue,
+    /// Entries in `queue`, including those of checkouts that have given up since (skipped
+    /// when reached). Every return reads it, without the queue's lock.
+    pub(crate) queued: std::sync::atomic::AtomicUsize,
     /// The runtime the pool was built on, for the tasks it spawns from synchronous code
     /// (a reset on return), which must not depend on the borrower's runtime.
     pub(crate) runtime: tokio::runtime::Handle,
@@ -224,6 +229,7 @@ impl Shared {
         observers: Vec<Arc<dyn PoolObserver>>,
         cancel: Option<CancelHook>,
         reset: Option<ResetHook>,
+        queue: crate::handoff::AnyQueue,
     ) -> Self {
         let breaker = CircuitBreaker::new(config.breaker.clone());
         let leaks = config.leak_threshold.map(|threshold| LeakRegistry {
@@ -242,6 +248,8 @@ impl Shared {
             url: config.database_url.clone(),
             cancel,
             reset,
+            queue,
+            queued: std::sync::atomic::AtomicUsize::new(0),
             runtime: tokio::runtime::Handle::current(),
             breaker_state: AtomicU8::new(breaker.state().to_u8()),
             breaker: Mutex::new(breaker),
@@ -531,6 +539,10 @@ impl Shared {
             ),
         }
         self.emit(&PoolEvent::BreakerTransition(t));
+        // Checkouts are turned away in every state but closed (and disabled).
+        if !matches!(t.to, BreakerState::Closed | BreakerState::Disabled) {
+            self.queue.turn_away(self);
+        }
         self.breaker_changed.notify_waiters();
     }
 

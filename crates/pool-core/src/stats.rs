@@ -1,7 +1,7 @@
 //! One consistent snapshot of everything the pool knows about itself.
 
 use std::sync::atomic::{
-    AtomicU64, AtomicU8, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    AtomicU64, AtomicU8, Ordering::Acquire, Ordering::Relaxed, Ordering::SeqCst,
 };
 use std::time::Duration;
 
@@ -59,7 +59,9 @@ pub struct PoolStats {
     /// Checkouts served without queueing for a connection (an idle one was there; its
     /// pre-ping, if due, does not make it a wait).
     pub checkouts_direct: u64,
-    /// Checkouts that queued for a connection (none was idle when they asked).
+    /// Checkouts that queued for a connection: none was idle when they asked, or others
+    /// were already queued (the queue is first come, first served), or the idle one they
+    /// found had to be closed.
     pub checkouts_waited: u64,
     /// Checkouts that hit the checkout timeout.
     pub checkout_timeouts: u64,
@@ -267,8 +269,8 @@ impl Counters {
     /// Connections checked out and not yet returned: exact at rest; while checkouts and
     /// returns race it may count one that is just being returned, never one too few.
     ///
-    /// Returns are counted with Release and always read with Acquire, first: whoever sees a
-    /// return then sees its checkout too.
+    /// Returns are counted with (at least) Release and always read with Acquire, first:
+    /// whoever sees a return then sees its checkout too.
     pub(crate) fn in_use(&self) -> u64 {
         let returns = self.returns.load(Acquire);
         self.checkouts.load(Relaxed).saturating_sub(returns)
@@ -280,9 +282,17 @@ impl Counters {
         (self.checkouts.fetch_add(1, Relaxed) + 1).saturating_sub(returns)
     }
 
-    /// Counts a return.
+    /// Counts a return. SeqCst: a return then looks at the queue of waiting checkouts, and a
+    /// checkout that joins the queue then reads this count (see `handoff`).
     pub(crate) fn count_return(&self) {
-        self.returns.fetch_add(1, Release);
+        self.returns.fetch_add(1, SeqCst);
+    }
+
+    /// [`Counters::in_use`], read in the total order of the returns that count themselves
+    /// before looking at the queue.
+    pub(crate) fn in_use_now(&self) -> u64 {
+        let returns = self.returns.load(SeqCst);
+        self.checkouts.load(SeqCst).saturating_sub(returns)
     }
 
     pub(crate) fn record_wait(&self, waited: Duration) {

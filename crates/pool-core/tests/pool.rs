@@ -332,6 +332,75 @@ async fn dropping_a_thousand_waiting_checkouts_leaves_nothing_pending() {
     drop(pool.get().await.unwrap());
 }
 
+/// Polls `fut` once; `true` if it is still pending.
+async fn poll_once<F: Future + Unpin>(fut: &mut F) -> bool {
+    poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx).is_pending())).await
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn waiting_checkouts_are_served_first_come_first_served() {
+    let (pool, _state) = sized(1, 0);
+    pool.warm_up().await.unwrap();
+    let held = pool.get().await.unwrap();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let (waiter, order) = (pool.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let conn = waiter.get().await.unwrap();
+            order.lock().unwrap().push(i);
+            tokio::task::yield_now().await;
+            drop(conn);
+        }));
+        // Queued before the next one starts.
+        for _ in 0..10 {
+            if pool.stats().pending == i + 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.stats().pending, i + 1);
+    }
+    // The borrower gives its connection back and at once asks again, as a client's next
+    // request does: the connection goes to the first in the queue, and the borrower is
+    // sixth, not first.
+    drop(held);
+    let again = pool.get().await.unwrap();
+    order.lock().unwrap().push(5);
+    drop(again);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4, 5]);
+    let s = pool.stats();
+    assert_eq!((s.size, s.in_use, s.idle, s.pending), (1, 0, 1, 0));
+    assert_eq!((s.checkouts_direct, s.checkouts_waited), (1, 6));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_connection_handed_to_a_checkout_that_gives_up_goes_to_the_next_one() {
+    let (pool, state) = sized(1, 0);
+    pool.warm_up().await.unwrap();
+    let held = pool.get().await.unwrap();
+    let mut first = Box::pin(pool.get());
+    let mut second = Box::pin(pool.get());
+    assert!(poll_once(&mut first).await);
+    assert!(poll_once(&mut second).await);
+    // The connection is handed to the first, which gives up before it is polled again.
+    drop(held);
+    drop(first);
+    let conn = tokio::time::timeout(Duration::from_secs(1), second)
+        .await
+        .expect("the second checkout gets the connection")
+        .unwrap();
+    assert_eq!(pool.stats().in_use, 1);
+    drop(conn);
+    let s = pool.stats();
+    assert_eq!((s.size, s.in_use, s.idle, s.pending), (1, 0, 1, 0));
+    assert_eq!(s.checkout_timeouts, 0);
+    assert_eq!(state.connects.load(SeqCst), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_checkout_timeout_says_how_long_it_waited_and_what_the_pool_looked_like() {
     let (manager, state) = MemManager::new();
