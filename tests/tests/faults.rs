@@ -310,16 +310,16 @@ async fn handlers_that_leave_a_transaction_open_hand_no_open_transaction_to_the_
     sc.finish(&report).await;
 }
 
+/// From when on after the breaker opens its probes alone make connects: past the connect
+/// timeout of any connect under way when it opened, and past the backoff's first steps.
+const PROBE_CADENCE_FROM: Duration = Duration::from_secs(2);
+
 /// The database goes away (`how`: `pg.sh crash`, i.e. `pg_ctl stop -m immediate`, or
 /// `kill9` of the postmaster) for `down` under 8 writing clients on a server of the
 /// scenario's own, then comes back. Asserted beyond the usual: every refusal is a 503 with
 /// `Retry-After`; the breaker is closed within 2 s of the server accepting connections again
 /// (it probes in the background), with at most 3 s of 503s after that; while it is down the
 /// pool tries it at most about once a second.
-/// From when on after the breaker opens its probes alone make connects: past the connect
-/// timeout of any connect under way when it opened, and past the backoff's first steps.
-const PROBE_CADENCE_FROM: Duration = Duration::from_secs(2);
-
 async fn outage(app: &'static str, port: u16, how: &str, down: Duration) {
     let server = PrivateServer::start(port);
     let mut sc = Scenario::start(&server.url, &server.url, app).await;
