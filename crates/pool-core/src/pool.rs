@@ -738,8 +738,10 @@ impl<M: ManageConnection> Future for Checkout<'_, M> {
                 },
                 _ => None,
             }
-            // A `get` still pending ends here (nothing was idle after all): the queue's
-            // pumps wait in bb8 instead, and bb8 opens no connection for this one.
+            // A `get` still pending ends here (another taker emptied the idle list first):
+            // the queue's pumps wait in bb8 instead. If bb8 had room it has started opening a
+            // connection for this `get`; that one joins bb8's idle list, where a pump or the
+            // next checkout takes it.
         };
         let mut slow: SlowCheckout<'_, M> = match candidate {
             None => Box::pin(pool.checkout_queued(start, location)),

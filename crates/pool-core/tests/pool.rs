@@ -401,6 +401,43 @@ async fn a_connection_handed_to_a_checkout_that_gives_up_goes_to_the_next_one() 
     assert_eq!(state.connects.load(SeqCst), 1);
 }
 
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_opened_breaker_turns_queued_checkouts_away_and_leaves_the_queue_empty() {
+    let (pool, state) = sized(1, 0);
+    pool.warm_up().await.unwrap();
+    let held = pool.get().await.unwrap();
+    let mut queued: Vec<_> = (0..5).map(|_| Box::pin(pool.get())).collect();
+    for checkout in &mut queued {
+        assert!(poll_once(checkout).await, "the pool is exhausted");
+    }
+    assert_eq!(pool.stats().pending, 5);
+
+    let start = tokio::time::Instant::now();
+    pool.force_open_breaker();
+    for checkout in queued {
+        let err = checkout.await.unwrap_err();
+        assert!(err.is_circuit_open(), "{err}");
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO, "turned away at once");
+    let s = pool.stats();
+    assert_eq!(s.pending, 0);
+    assert_eq!(s.checkouts_rejected, 5);
+    assert_eq!(s.checkout_timeouts, 0);
+
+    // Nothing stale is left in the queue: once the breaker is closed again, the returned
+    // connection is idle and the next checkout takes it directly, without waiting.
+    pool.reset_breaker();
+    drop(held);
+    let s = pool.stats();
+    assert_eq!((s.size, s.in_use, s.idle, s.pending), (1, 0, 1, 0));
+    let direct = s.checkouts_direct;
+    drop(pool.get().await.unwrap());
+    let s = pool.stats();
+    assert_eq!(s.checkouts_direct, direct + 1);
+    assert_eq!(s.checkouts_waited, 0);
+    assert_eq!(state.connects.load(SeqCst), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_checkout_timeout_says_how_long_it_waited_and_what_the_pool_looked_like() {
     let (manager, state) = MemManager::new();
