@@ -20,7 +20,8 @@ bin=${CARGO_TARGET_DIR:-target}/release/examples/instructions
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 cases="checkout_bb8 checkout_pool_core checkout_pool_core_telemetry request_by_hand
-       request_floor request_layer request_layer_no_metrics request_layer_eager"
+       request_floor request_layer request_layer_no_metrics request_layer_eager
+       request_no_db request_no_db_layer"
 for case in $cases; do
     valgrind --tool=callgrind --collect-atstart=no --toggle-collect='instructions::measure*' \
         --callgrind-out-file="$out/$case" "$bin" "$case" "$iterations" >/dev/null 2>&1
@@ -59,6 +60,7 @@ rows = [
     ("  floor: by hand + extension + records", "request_floor", "request_by_hand"),
     ("  no metrics", "request_layer_no_metrics", "request_by_hand"),
     ("  eager mode", "request_layer_eager", "request_by_hand"),
+    ("a route with no database, through the layer", "request_no_db_layer", "request_no_db"),
 ]
 got = {p.name: count(p) for p in out.iterdir()}
 print(f"\n{'instructions per iteration':40} {'baseline':>9} {'ours':>9} {'ratio':>6}   allocations")

@@ -32,6 +32,8 @@ const CASES: &[&str] = &[
     "request_layer",
     "request_layer_no_metrics",
     "request_layer_eager",
+    "request_no_db",
+    "request_no_db_layer",
 ];
 
 /// What is counted: `iterations` runs of `once`, driven to completion on `rt`.
@@ -157,6 +159,17 @@ fn main() {
                     Ok(Response::new(String::new()))
                 });
                 requests(&rt, PoolLayer::new(pool).layer(handler), iterations);
+            }
+        }
+        "request_no_db" | "request_no_db_layer" => {
+            // A route that never touches the database, bare and through the (lazy) layer.
+            let trivial =
+                service_fn(|_req: Request<()>| async move { Ok(Response::new(String::new())) });
+            if case == "request_no_db" {
+                requests(&rt, trivial, iterations);
+            } else {
+                let pool = rt.block_on(pool(Some(telemetry.observer())));
+                requests(&rt, PoolLayer::new(pool).layer(trivial), iterations);
             }
         }
         other => {
