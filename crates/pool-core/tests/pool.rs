@@ -1144,12 +1144,34 @@ async fn stats_serialize_to_json_with_every_field() {
     assert_eq!(json["utilization_level"], "normal");
     assert!(json["wait_time_total_seconds"].is_f64());
     assert!(json["wait_time_max_recent_seconds"].is_f64());
+    // Every duration names its unit (present, in seconds, `null` when there is none yet),
+    // and none is there under its bare name.
+    let durations = [
+        "wait_time_total",
+        "wait_time_max_recent",
+        "last_error_age",
+        "last_exhausted_age",
+        "last_timeout_age",
+        "last_leak_age",
+    ];
+    for key in durations {
+        assert!(
+            object.contains_key(&format!("{key}_seconds")),
+            "{key}_seconds"
+        );
+        assert!(!object.contains_key(key), "{key} without its unit");
+    }
+    let breaker = json["breaker"].as_object().unwrap();
+    for key in ["next_probe_in", "last_transition_age"] {
+        assert!(
+            breaker.contains_key(&format!("{key}_seconds")),
+            "{key}_seconds"
+        );
+        assert!(!breaker.contains_key(key), "{key} without its unit");
+    }
     assert!(json["breaker"]["next_probe_in_seconds"].is_null());
     assert!(json["last_error_age_seconds"].is_null());
-    // Every duration names its unit.
-    for key in ["wait_time_total", "wait_time_max_recent", "last_error_age"] {
-        assert!(json.get(key).is_none(), "{key} without its unit");
-    }
+    assert!(json["last_leak_age_seconds"].is_null());
 }
 
 #[tokio::test(start_paused = true)]
@@ -1303,15 +1325,17 @@ fn the_published_breaker_state_is_the_real_one_after_racing_transitions() {
 
 #[tokio::test(start_paused = true)]
 async fn checkouts_that_only_pinged_did_not_wait() {
-    let (manager, _state) = MemManager::new();
+    let (manager, state) = MemManager::new();
     let pool = builder().build(manager).unwrap();
     pool.warm_up().await.unwrap();
     // Five checkouts 0.7 s apart on an idle pool: each pre-pings (past the 500 ms bypass
     // window), none queues for a connection.
+    let pings = state.pings.load(SeqCst);
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         drop(pool.get().await.unwrap());
     }
+    assert_eq!(state.pings.load(SeqCst) - pings, 5, "each checkout pinged");
     let s = pool.stats();
     assert_eq!((s.checkouts_direct, s.checkouts_waited), (5, 0));
     // A burst to the maximum: three of the five queued while bb8 opened connections.
@@ -1710,6 +1734,30 @@ async fn a_probe_connection_a_full_pool_has_no_room_for_is_closed_as_overflow() 
     assert_eq!(s.connections_closed.broken, 1, "{:?}", s.connections_closed);
     assert_eq!(s.connections_closed.total(), 3);
     assert_eq!((s.size, s.idle), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_connection_the_driver_reports_broken_is_closed_as_broken_not_overflow() {
+    let (manager, state) = MemManager::new();
+    state.reports_broken.store(true, SeqCst);
+    let pool = builder()
+        .base_size(2)
+        .max_overflow(0)
+        .build(manager)
+        .unwrap();
+    // The warm-up's connections are refused as broken when they are added to the pool.
+    pool.warm_up().await.unwrap();
+    let s = pool.stats();
+    assert!(s.connections_created >= 2, "{s:?}");
+    assert_eq!(s.connections_closed.broken, s.connections_created, "{s:?}");
+    assert_eq!(s.connections_closed.overflow, 0);
+    assert_eq!(s.size, 0);
+
+    state.reports_broken.store(false, SeqCst);
+    pool.warm_up().await.unwrap();
+    let s = pool.stats();
+    assert_eq!((s.size, s.idle), (2, 2));
+    assert_eq!(s.connections_closed.broken, s.connections_created - 2);
 }
 
 #[tokio::test(start_paused = true)]

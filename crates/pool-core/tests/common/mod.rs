@@ -235,6 +235,8 @@ pub struct MemState {
     pub broken_upto: AtomicU64,
     /// Connections numbered up to this one never answer a ping (a network black hole).
     pub hung_upto: AtomicU64,
+    /// The driver reports every connection broken (bb8's `has_broken`).
+    pub reports_broken: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -307,7 +309,7 @@ impl pool_core::ManageConnection for MemManager {
     }
 
     fn has_broken(&self, _conn: &mut MemConn) -> bool {
-        false
+        self.0.reports_broken.load(SeqCst)
     }
 }
 
