@@ -293,6 +293,10 @@ async fn a_saturated_pool_and_an_open_breaker_each_get_their_recommendation() {
             .unwrap()
             >= 0.0
     );
+    // The cause comes with its age.
+    assert!(breakers["breakers"][1]["last_error"].is_string());
+    assert!(breakers["breakers"][1]["last_error_age_seconds"].is_f64());
+    assert!(breakers["breakers"][0]["last_error_age_seconds"].is_null());
 }
 
 #[tokio::test(start_paused = true)]

@@ -233,6 +233,7 @@ fn breaker_report(stats: &[PoolStats]) -> serde_json::Value {
                 "rejected": s.breaker.rejected,
                 "next_probe_in_seconds": s.breaker.next_probe_in.map(|d| d.as_secs_f64()),
                 "last_error": s.last_error,
+                "last_error_age_seconds": s.last_error_age.map(|d| d.as_secs_f64()),
             })
         })
         .collect();
