@@ -6,6 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::extract::Path;
 use axum::routing::get;
 use axum::Router;
 use common::{closed_port, http_get, pg_url};
@@ -66,6 +67,74 @@ async fn a_query_route_answers_200_and_returns_its_connection() {
         s.checkouts_direct + s.checkouts_waited,
         1,
         "only /answer checked out"
+    );
+}
+
+/// `DbConn::check`: the one line that reports a query's error to the breaker and turns it
+/// into a 500.
+async fn checked(db: Db<Pg>, Path(what): Path<String>) -> Result<String, DbError> {
+    let mut conn = db.conn().await?;
+    let sql = match what.as_str() {
+        "typo" => "selec 1",
+        _ => "select pg_terminate_backend(pg_backend_pid())",
+    };
+    conn.check(conn.simple_query(sql).await)?;
+    Ok("unreachable".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checked_query_error_counts_for_the_breaker_only_when_the_connection_failed() {
+    let Some(url) =
+        pg_url("a_checked_query_error_counts_for_the_breaker_only_when_the_connection_failed")
+    else {
+        return;
+    };
+    let pool = PoolBuilder::postgres()
+        .database_url(&url)
+        .base_size(1)
+        .max_overflow(0)
+        .build_postgres()
+        .unwrap();
+    pool.warm_up().await.unwrap();
+    let app = Router::new()
+        .route("/answer", get(answer))
+        .route("/checked/{what}", get(checked))
+        .layer(PoolLayer::new(pool.clone()));
+    let addr = serve(app).await;
+
+    // A query the server refuses (a syntax error): a 500, and the connection is fine.
+    let response = http_get(addr, "/checked/typo", &[]).await;
+    assert_eq!(response.status, 500);
+    let s = pool.stats();
+    assert_eq!(s.breaker.consecutive_failures, 0);
+    assert_eq!(s.connections_closed.total(), 0);
+    assert_eq!(http_get(addr, "/answer", &[]).await.status, 200);
+    assert_eq!(
+        pool.stats().connections_created,
+        1,
+        "the same connection served"
+    );
+
+    // The session is killed under the query: a 500, a failure for the breaker, and the
+    // connection closed instead of handed on.
+    let response = http_get(addr, "/checked/terminate", &[]).await;
+    assert_eq!(response.status, 500);
+    let s = pool.stats();
+    assert_eq!(s.breaker.consecutive_failures, 1, "{s:?}");
+    assert_eq!(s.connections_closed.broken, 1, "{s:?}");
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("terminating connection")),
+        "{:?}",
+        s.last_error
+    );
+    assert_eq!(http_get(addr, "/answer", &[]).await.status, 200);
+    let s = pool.stats();
+    assert_eq!(s.connections_created, 2, "a new connection served");
+    assert_eq!(
+        s.breaker.consecutive_failures, 0,
+        "a success resets the count"
     );
 }
 
