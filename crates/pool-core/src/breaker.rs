@@ -247,7 +247,9 @@ impl CircuitBreaker {
         self.transitions
     }
 
-    /// Calls turned away so far.
+    /// Calls this machine's [`admit`](Self::admit) turned away so far. A pool counts more
+    /// than that: its [`PoolStats::checkouts_rejected`](crate::PoolStats::checkouts_rejected)
+    /// also has the waiting checkouts failed when the breaker opened.
     pub fn rejected(&self) -> u64 {
         self.rejected
     }

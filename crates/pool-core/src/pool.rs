@@ -626,7 +626,7 @@ impl<M: ManageConnection> Pool<M> {
         let max = config.max_size();
         let in_use = state.connections - state.idle_connections;
         let pending = c.pending.load(Relaxed);
-        let (breaker_state, failures, transitions, _, until) = shared.breaker_snapshot();
+        let (breaker_state, failures, transitions, until) = shared.breaker_snapshot();
         // One count of rejections, the same here, in the breaker's report and in the metric:
         // checkouts turned away at admission and waiting ones failed when it opened.
         let rejected = c.rejected.load(Relaxed);

@@ -503,13 +503,12 @@ impl Shared {
         }
     }
 
-    pub(crate) fn breaker_snapshot(&self) -> (BreakerState, u32, u64, u64, Option<Duration>) {
+    pub(crate) fn breaker_snapshot(&self) -> (BreakerState, u32, u64, Option<Duration>) {
         let breaker = self.breaker.lock();
         (
             breaker.state(),
             breaker.consecutive_failures(),
             breaker.transitions(),
-            breaker.rejected(),
             breaker.next_probe_in(Instant::now().into_std()),
         )
     }
