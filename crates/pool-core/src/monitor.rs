@@ -85,9 +85,8 @@ fn spawn_recovery<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
                     Err(bb8::AddError::NoCapacity(mut conn)) => {
                         conn.meta.close.get_or_insert(CloseReason::Overflow);
                     }
-                    Err(bb8::AddError::Broken(mut conn)) => {
-                        conn.meta.close.get_or_insert(CloseReason::Broken);
-                    }
+                    // bb8 asked `has_broken`, which marked why before refusing it.
+                    Err(bb8::AddError::Broken(_)) => {}
                 }
             }
             tracing::debug!(pool = %shared.name, reached, round = probe.round(), "recovery probe");

@@ -120,9 +120,9 @@ impl<M: ManageConnection> PoolInner<M> {
                         Err(bb8::AddError::NoCapacity(mut conn)) => {
                             conn.meta.close.get_or_insert(CloseReason::Overflow);
                         }
-                        Err(bb8::AddError::Broken(mut conn)) => {
-                            conn.meta.close.get_or_insert(CloseReason::Broken);
-                        }
+                        // bb8 asked `has_broken`, which marked why (broken, expired,
+                        // recycled) before refusing it.
+                        Err(bb8::AddError::Broken(_)) => {}
                     }
                 }
                 Ok(Err(e)) => {
@@ -738,10 +738,10 @@ impl<M: ManageConnection> Future for Checkout<'_, M> {
                 },
                 _ => None,
             }
-            // A `get` still pending ends here (another taker emptied the idle list first):
-            // the queue's pumps wait in bb8 instead. If bb8 had room it has started opening a
-            // connection for this `get`; that one joins bb8's idle list, where a pump or the
-            // next checkout takes it.
+            // A `get` still pending ends here (nothing was idle after all): the queue's
+            // pumps wait in bb8 instead. bb8 may have started opening a connection for this
+            // `get`; that one joins bb8's idle list, where a pump or the next checkout takes
+            // it.
         };
         let mut slow: SlowCheckout<'_, M> = match candidate {
             None => Box::pin(pool.checkout_queued(start, location)),
