@@ -93,6 +93,8 @@ async fn a_checked_query_error_counts_for_the_breaker_only_when_the_connection_f
         .database_url(&url)
         .base_size(1)
         .max_overflow(0)
+        // No reaper: its top-up could open a connection of its own between the requests.
+        .idle_timeout(None)
         .build_postgres()
         .unwrap();
     pool.warm_up().await.unwrap();
