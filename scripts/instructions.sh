@@ -20,7 +20,7 @@ bin=${CARGO_TARGET_DIR:-target}/release/examples/instructions
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 cases="checkout_bb8 checkout_pool_core checkout_pool_core_telemetry request_by_hand
-       request_floor request_layer request_layer_no_metrics request_layer_eager
+       request_by_hand_extension request_floor request_layer request_layer_no_metrics request_layer_eager
        request_no_db request_no_db_layer"
 for case in $cases; do
     valgrind --tool=callgrind --collect-atstart=no --toggle-collect='instructions::measure*' \
@@ -59,6 +59,7 @@ rows = [
     ("  over the floor", "request_layer", "request_floor"),
     ("  floor: by hand + extension + records", "request_floor", "request_by_hand"),
     ("  no metrics", "request_layer_no_metrics", "request_by_hand"),
+    ("  by hand + extension", "request_by_hand_extension", "request_by_hand"),
     ("  eager mode", "request_layer_eager", "request_by_hand"),
     ("a route with no database, through the layer", "request_no_db_layer", "request_no_db"),
 ]

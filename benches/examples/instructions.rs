@@ -28,6 +28,7 @@ const CASES: &[&str] = &[
     "checkout_pool_core",
     "checkout_pool_core_telemetry",
     "request_by_hand",
+    "request_by_hand_extension",
     "request_floor",
     "request_layer",
     "request_layer_no_metrics",
@@ -133,6 +134,20 @@ fn main() {
             let svc = service_fn(move |_req: Request<()>| {
                 let pool = pool.clone();
                 async move {
+                    black_box(&*pool.get_owned().await.unwrap());
+                    Ok(Response::new(String::new()))
+                }
+            });
+            requests(&rt, svc, iterations);
+        }
+        "request_by_hand_extension" => {
+            // The hand-written service plus the floor's handle in the request's extensions
+            // (the first one: the map is made for it), without the records.
+            let pool = rt.block_on(bb8_pool());
+            let svc = service_fn(move |mut req: Request<()>| {
+                let pool = pool.clone();
+                async move {
+                    req.extensions_mut().insert(std::sync::Arc::new(()));
                     black_box(&*pool.get_owned().await.unwrap());
                     Ok(Response::new(String::new()))
                 }
