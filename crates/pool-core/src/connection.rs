@@ -734,21 +734,31 @@ impl<M: ManageConnection> PooledConnection<M> {
 /// Resets a returned connection's session in a task on the pool's runtime, counts the
 /// return, then gives it back (closed if the reset failed). It is marked for closing
 /// before the task exists, so a task that never runs (the runtime shutting down) closes it
-/// rather than putting it back.
+/// rather than putting it back, and still counts the return.
 fn spawn_reset<M: ManageConnection>(
     mut conn: bb8::PooledConnection<'static, Managed<M>>,
     reset: ResetFn<M::Connection>,
 ) {
     conn.meta.close = Some(CloseReason::Invalid);
-    let shared = conn.meta.shared.clone();
-    let runtime = shared.runtime.clone();
+    let returned = CountReturn(conn.meta.shared.clone());
+    let runtime = returned.0.runtime.clone();
     runtime.spawn(async move {
+        let shared = &returned.0;
         let limit = shared.config.validation_timeout;
         let outcome = tokio::time::timeout(limit, reset(&mut conn.conn)).await;
-        finish_reset(&shared, &mut conn, outcome);
-        shared.counters.count_return();
+        finish_reset(shared, &mut conn, outcome);
+        drop(returned);
         crate::handoff::give_back(conn);
     });
+}
+
+/// Counts a return when dropped: when its reset is done, or with a task that never ran.
+struct CountReturn(Arc<Shared>);
+
+impl Drop for CountReturn {
+    fn drop(&mut self) {
+        self.0.counters.count_return();
+    }
 }
 
 /// What a reset's outcome means for the connection: reusable (its close mark lifted), or

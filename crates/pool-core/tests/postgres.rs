@@ -822,6 +822,45 @@ async fn a_query_queued_by_a_dropped_future_is_rolled_back_before_the_next_borro
     assert_eq!(pool.stats().sessions_reset, 1);
 }
 
+#[test]
+fn a_connection_returned_inside_a_transaction_after_its_runtime_shut_down_is_counted_back() {
+    let Some(url) = pg_url(
+        "a_connection_returned_inside_a_transaction_after_its_runtime_shut_down_is_counted_back",
+    ) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (pool, conn) = runtime.block_on(async {
+        let pool = pool_with(&url, |c| PoolConfig {
+            base_size: 1,
+            max_overflow: 0,
+            ..c
+        });
+        pool.warm_up().await.unwrap();
+        let conn = pool.get().await.unwrap();
+        conn.batch_execute("begin").await.unwrap();
+        (pool, conn)
+    });
+    // The pool's runtime goes away with the connection still out, inside a transaction:
+    // the task that would reset it can no longer run.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    drop(conn);
+    let s = pool.stats();
+    assert_eq!((s.size, s.in_use), (0, 0), "{s:?}");
+    assert_eq!(s.connections_closed.invalid, 1, "{s:?}");
+    // The pool's own count of what is out agrees (a forced recycle reports it).
+    let after = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = after.block_on(async { pool.force_recycle() });
+    assert_eq!(report.checked_out, 0, "the return was counted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_fails_the_first_checkout_at_once_naming_the_cause() {
     let Some(url) = pg_url("a_wrong_password_fails_the_first_checkout_at_once_naming_the_cause")
