@@ -80,14 +80,7 @@ fn spawn_recovery<M: ManageConnection>(inner: &Arc<PoolInner<M>>) {
             let outcome = tokio::spawn(async move { managed.probe().await }).await;
             let (reached, conn) = outcome.unwrap_or((false, None));
             if let (Some(conn), Some(pool)) = (conn, pool.upgrade()) {
-                match pool.bb8.add(conn) {
-                    Ok(()) => {}
-                    Err(bb8::AddError::NoCapacity(mut conn)) => {
-                        conn.meta.close.get_or_insert(CloseReason::Overflow);
-                    }
-                    // bb8 asked `has_broken`, which marked why before refusing it.
-                    Err(bb8::AddError::Broken(_)) => {}
-                }
+                pool.add(conn);
             }
             tracing::debug!(pool = %shared.name, reached, round = probe.round(), "recovery probe");
             shared.probe_done(probe, reached);

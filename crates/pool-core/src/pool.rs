@@ -87,6 +87,15 @@ impl<M: ManageConnection> PoolInner<M> {
     }
 
     /// [`PoolInner::top_up`] in the background.
+    /// Adds a connection opened outside a checkout (a top-up's, a recovery probe's) to the
+    /// pool. One that finds the pool full (load filled it meanwhile) is closed as surplus;
+    /// one bb8 refuses as broken was marked with its reason by `has_broken`.
+    pub(crate) fn add(&self, conn: Tracked<M::Connection>) {
+        if let Err(bb8::AddError::NoCapacity(mut conn)) = self.bb8.add(conn) {
+            conn.meta.close.get_or_insert(CloseReason::Overflow);
+        }
+    }
+
     pub(crate) fn spawn_top_up(self: &Arc<Self>) {
         let inner = self.clone();
         tokio::spawn(async move { inner.top_up().await });
@@ -113,17 +122,7 @@ impl<M: ManageConnection> PoolInner<M> {
         while let Some(joined) = connects.join_next().await {
             match joined {
                 Ok(Ok(conn)) => {
-                    let conn = conn.claim();
-                    // Load filled the pool meanwhile: this one is surplus.
-                    match self.bb8.add(conn) {
-                        Ok(()) => {}
-                        Err(bb8::AddError::NoCapacity(mut conn)) => {
-                            conn.meta.close.get_or_insert(CloseReason::Overflow);
-                        }
-                        // bb8 asked `has_broken`, which marked why (broken, expired,
-                        // recycled) before refusing it.
-                        Err(bb8::AddError::Broken(_)) => {}
-                    }
+                    self.add(conn.claim());
                 }
                 Ok(Err(e)) => {
                     first_error.get_or_insert(e);
