@@ -20,8 +20,8 @@ bin=${CARGO_TARGET_DIR:-target}/release/examples/instructions
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 cases="checkout_bb8 checkout_pool_core checkout_pool_core_telemetry request_by_hand
-       request_by_hand_extension request_floor request_layer request_layer_no_metrics request_layer_eager
-       request_no_db request_no_db_layer"
+       request_by_hand_extension request_floor request_layer request_layer_no_metrics
+       request_layer_eager request_no_db request_no_db_layer"
 for case in $cases; do
     valgrind --tool=callgrind --collect-atstart=no --toggle-collect='instructions::measure*' \
         --callgrind-out-file="$out/$case" "$bin" "$case" "$iterations" >/dev/null 2>&1
