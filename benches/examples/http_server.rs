@@ -223,6 +223,18 @@ async fn serve(variant: &str, port: u16, url: &str, size: u32) {
                 .max_size(size as usize)
                 .build()
                 .unwrap_or_else(|e| fail(format!("deadpool: {e}")));
+            // deadpool connects on demand: open all `size` now, as the other pools do, so
+            // that no run pays for the connects (each `get` while the others are held
+            // opens one more).
+            let mut held = Vec::with_capacity(size as usize);
+            for _ in 0..size {
+                held.push(
+                    pool.get()
+                        .await
+                        .unwrap_or_else(|e| fail(format!("deadpool warm-up: {e}"))),
+                );
+            }
+            drop(held);
             Router::new()
                 .route("/", get(deadpool_select))
                 .layer(Extension(pool))
