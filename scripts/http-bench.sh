@@ -9,7 +9,10 @@
 # usage: scripts/http-bench.sh [ROUNDS [SECONDS [CONNECTIONS]]]   (default 3 10 64)
 # env: POOL_SIZE (10), HTTP_BENCH_VARIANTS (all; see benches/examples/http_server.rs),
 #      HTTP_BENCH_QUERY=typed (query_typed instead of query_one), POOL_TEST_DATABASE_URL
-#      (else a throwaway server from scripts/pg.sh on port 55499, removed afterwards)
+#      (else a throwaway server from scripts/pg.sh on port 55499, removed afterwards),
+#      HTTP_BENCH_SYSCALLS=1 (also count, with perf, the system calls and context switches
+#      per request of the service and of PostgreSQL's backends over each run; perf's
+#      tracepoints cost time, so read such a run's counts, not its requests/s)
 #
 # Not part of the test run: a load run on a 2-core machine shares the cores between wrk,
 # the service and PostgreSQL, so read the ratios of one run, and compare runs by them.
@@ -37,6 +40,21 @@ if [ -z "$url" ]; then
     export PGPORT=55499
     url=$(scripts/pg.sh start)
 fi
+
+syscalls=${HTTP_BENCH_SYSCALLS:-}
+if [ -n "$syscalls" ]; then
+    if ! command -v perf >/dev/null; then
+        if [ "$(id -u)" = 0 ]; then
+            echo "http-bench: installing perf from Debian's packages" >&2
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >&2 ||
+                { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >&2; }
+        else
+            echo "http-bench: perf is not installed (sudo apt-get install -y linux-perf)" >&2
+            exit 1
+        fi
+    fi
+fi
+events=raw_syscalls:sys_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,context-switches
 
 cargo build -q --release -p pool-benches --example http_server
 bin=${CARGO_TARGET_DIR:-target}/release/examples/http_server
@@ -70,8 +88,24 @@ for round in $(seq "$rounds"); do
         # and the layer closes the database connections of requests dropped mid-query
         # (bb8, deadpool and sqlx put them back), so a warm-up run would leave the layer's
         # pool to reopen them during the measured one. Every pool starts full (warmed up).
+        counting=
+        if [ -n "$syscalls" ]; then
+            # Over the whole run: the service, and every backend serving a TCP client on
+            # 127.0.0.1 (the pool's connections, opened before the run).
+            backends=$(pgrep -d, -f 'postgres: .*127\.0\.0\.1\(' || true)
+            perf stat -x, -e "$events" -p "$server" -o "$out/$variant.$round.service" \
+                -- sleep "$((seconds + 1))" &
+            counting=$!
+            if [ -n "$backends" ]; then
+                perf stat -x, -e "$events" -p "$backends" -o "$out/$variant.$round.postgres" \
+                    -- sleep "$((seconds + 1))" &
+                counting="$counting $!"
+            fi
+        fi
         wrk -t2 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$port/" \
             >"$out/$variant.$round"
+        # shellcheck disable=SC2086 # the list of perf's process ids
+        [ -z "$counting" ] || wait $counting
         kill "$server"
         wait "$server" 2>/dev/null || true
         server=
@@ -79,14 +113,14 @@ for round in $(seq "$rounds"); do
     done
 done
 
-python3 - "$out" "$rounds" "$variants" "$connections" "$size" <<'PY'
+python3 - "$out" "$rounds" "$variants" "$connections" "$size" "$syscalls" <<'PY'
 import pathlib
 import re
 import statistics
 import sys
 
 out, rounds, variants = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split()
-connections, size = sys.argv[4], sys.argv[5]
+connections, size, syscalls = sys.argv[4], sys.argv[5], sys.argv[6]
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -122,4 +156,34 @@ print()
 for ours, base in pairs:
     if ours in results and base in results:
         print(f"{ours + ' / ' + base:34} {results[ours][0] / results[base][0]:5.2f}x requests/s")
+
+EVENTS = [("raw_syscalls:sys_enter", "syscalls"), ("sys_enter_sendto", "sendto"),
+          ("sys_enter_recvfrom", "recvfrom"), ("sys_enter_writev", "writev"),
+          ("sys_enter_epoll_wait", "epoll_wait"), ("context-switches", "switches")]
+
+
+def counts(path, requests):
+    found = {}
+    if not path.exists():
+        return found
+    for line in path.read_text().splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[0].replace(".", "").isdigit():
+            for event, label in EVENTS:
+                if fields[2].endswith(event):
+                    found[label] = float(fields[0]) / requests
+    return found
+
+
+if syscalls:
+    print("\nper request, medians of the rounds (perf stat over each run, wrk's count of requests)")
+    print(f"{'variant':20} {'':9}" + "".join(f"{label:>11}" for _, label in EVENTS))
+    for v in variants:
+        for side in ("service", "postgres"):
+            per_round = []
+            for r in range(1, rounds + 1):
+                done = re.search(r"(\d+) requests in", (out / f"{v}.{r}").read_text())
+                per_round.append(counts(out / f"{v}.{r}.{side}", int(done.group(1))))
+            row = [statistics.median(c.get(label, 0.0) for c in per_round) for _, label in EVENTS]
+            print(f"{v if side == 'service' else '':20} {side:9}" + "".join(f"{x:11.2f}" for x in row))
 PY
