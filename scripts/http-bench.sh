@@ -10,8 +10,8 @@
 # env: POOL_SIZE (10), HTTP_BENCH_VARIANTS (all; see benches/examples/http_server.rs),
 #      HTTP_BENCH_QUERY=typed (query_typed instead of query_one), POOL_TEST_DATABASE_URL
 #      (else a throwaway server from scripts/pg.sh on port 55499, removed afterwards),
-#      HTTP_BENCH_SYSCALLS=1 (also count, with perf, the system calls and context switches
-#      per request of the service and of PostgreSQL's backends over each run; perf's
+#      HTTP_BENCH_SYSCALLS=1 (also count, with perf, the system calls, context switches and
+#      CPU time per request of the service and of PostgreSQL's backends over each run; perf's
 #      tracepoints cost time, so read such a run's counts, not its requests/s)
 #
 # Not part of the test run: a load run on a 2-core machine shares the cores between wrk,
@@ -54,7 +54,7 @@ if [ -n "$syscalls" ]; then
         fi
     fi
 fi
-events=raw_syscalls:sys_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,context-switches
+events=raw_syscalls:sys_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,context-switches,task-clock
 
 cargo build -q --release -p pool-benches --example http_server
 bin=${CARGO_TARGET_DIR:-target}/release/examples/http_server
@@ -159,7 +159,11 @@ for ours, base in pairs:
 
 EVENTS = [("raw_syscalls:sys_enter", "syscalls"), ("sys_enter_sendto", "sendto"),
           ("sys_enter_recvfrom", "recvfrom"), ("sys_enter_writev", "writev"),
-          ("sys_enter_epoll_wait", "epoll_wait"), ("context-switches", "switches")]
+          ("sys_enter_epoll_wait", "epoll_wait"), ("context-switches", "switches"),
+          ("task-clock", "cpu_us")]
+# perf gives task-clock (CPU time) in milliseconds; shown in microseconds a request. It
+# includes perf's own cost for each system call counted.
+SCALE = {"cpu_us": 1000.0}
 
 
 def counts(path, requests):
@@ -171,7 +175,7 @@ def counts(path, requests):
         if len(fields) > 2 and fields[0].replace(".", "").isdigit():
             for event, label in EVENTS:
                 if fields[2].endswith(event):
-                    found[label] = float(fields[0]) / requests
+                    found[label] = float(fields[0]) * SCALE.get(label, 1.0) / requests
     return found
 
 
