@@ -11,8 +11,9 @@
 #      HTTP_BENCH_QUERY=typed (query_typed instead of query_one), POOL_TEST_DATABASE_URL
 #      (else a throwaway server from scripts/pg.sh on port 55499, removed afterwards),
 #      HTTP_BENCH_SYSCALLS=1 (also count, with perf, the system calls, context switches and
-#      CPU time per request of the service and of PostgreSQL's backends over each run; perf's
-#      tracepoints cost time, so read such a run's counts, not its requests/s)
+#      CPU time per request of the service and of PostgreSQL's backends over each run; needs
+#      root; perf's tracepoints cost time, so read such a run's counts, not its requests/s,
+#      and its CPU times include perf's own cost for each system call counted)
 #
 # Not part of the test run: a load run on a 2-core machine shares the cores between wrk,
 # the service and PostgreSQL, so read the ratios of one run, and compare runs by them.
@@ -35,27 +36,31 @@ if ! command -v wrk >/dev/null; then
     fi
 fi
 
+syscalls=
+[ "${HTTP_BENCH_SYSCALLS:-0}" = 0 ] || syscalls=1
+events=raw_syscalls:sys_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,context-switches,task-clock
+if [ -n "$syscalls" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        # Tracepoints, and PostgreSQL's backends (another user's processes), need root.
+        echo "http-bench: HTTP_BENCH_SYSCALLS needs root (perf's tracepoints, PostgreSQL's processes)" >&2
+        exit 1
+    fi
+    if ! command -v perf >/dev/null; then
+        echo "http-bench: installing perf from Debian's packages" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >&2 ||
+            { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >&2; }
+    fi
+    if ! perf stat -x, -e "$events" -o /dev/null -- true; then
+        echo "http-bench: perf cannot count $events here" >&2
+        exit 1
+    fi
+fi
+
 url=${POOL_TEST_DATABASE_URL:-}
 if [ -z "$url" ]; then
     export PGPORT=55499
     url=$(scripts/pg.sh start)
 fi
-
-syscalls=${HTTP_BENCH_SYSCALLS:-}
-if [ -n "$syscalls" ]; then
-    if ! command -v perf >/dev/null; then
-        if [ "$(id -u)" = 0 ]; then
-            echo "http-bench: installing perf from Debian's packages" >&2
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >&2 ||
-                { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >&2; }
-        else
-            echo "http-bench: perf is not installed (sudo apt-get install -y linux-perf)" >&2
-            exit 1
-        fi
-    fi
-fi
-events=raw_syscalls:sys_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,context-switches,task-clock
-
 cargo build -q --release -p pool-benches --example http_server
 bin=${CARGO_TARGET_DIR:-target}/release/examples/http_server
 out=$(mktemp -d)
@@ -67,6 +72,17 @@ cleanup() {
     if [ -z "${POOL_TEST_DATABASE_URL:-}" ]; then scripts/pg.sh destroy >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
+
+postmaster=
+if [ -n "$syscalls" ]; then
+    # The server the URL names: its backends are the ones counted.
+    pgport=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlsplit(sys.argv[1]).port or 5432)' "$url")
+    postmaster=$(ss -Hltnp "sport = :$pgport" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
+    if [ -z "$postmaster" ]; then
+        echo "http-bench: no server listening on port $pgport to count" >&2
+        exit 1
+    fi
+fi
 
 for round in $(seq "$rounds"); do
     for variant in $variants; do
@@ -88,24 +104,20 @@ for round in $(seq "$rounds"); do
         # and the layer closes the database connections of requests dropped mid-query
         # (bb8, deadpool and sqlx put them back), so a warm-up run would leave the layer's
         # pool to reopen them during the measured one. Every pool starts full (warmed up).
-        counting=
+        load=(wrk -t2 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$port/")
         if [ -n "$syscalls" ]; then
-            # Over the whole run: the service, and every backend serving a TCP client on
-            # 127.0.0.1 (the pool's connections, opened before the run).
-            backends=$(pgrep -d, -f 'postgres: .*127\.0\.0\.1\(' || true)
-            perf stat -x, -e "$events" -p "$server" -o "$out/$variant.$round.service" \
-                -- sleep "$((seconds + 1))" &
-            counting=$!
+            # Exactly over the run: perf counts the given processes while its command (the
+            # next perf, then wrk) runs. The backends are the server's children serving a
+            # TCP client on 127.0.0.1: the pool's connections, opened before the run.
+            backends=$(pgrep -d, -P "$postmaster" -f '127\.0\.0\.1\(' || true)
             if [ -n "$backends" ]; then
-                perf stat -x, -e "$events" -p "$backends" -o "$out/$variant.$round.postgres" \
-                    -- sleep "$((seconds + 1))" &
-                counting="$counting $!"
+                load=(perf stat -x, -e "$events" -p "$backends" -o "$out/$variant.$round.postgres"
+                    -- "${load[@]}")
             fi
+            load=(perf stat -x, -e "$events" -p "$server" -o "$out/$variant.$round.service"
+                -- "${load[@]}")
         fi
-        wrk -t2 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$port/" \
-            >"$out/$variant.$round"
-        # shellcheck disable=SC2086 # the list of perf's process ids
-        [ -z "$counting" ] || wait $counting
+        "${load[@]}" >"$out/$variant.$round"
         kill "$server"
         wait "$server" 2>/dev/null || true
         server=
@@ -167,14 +179,17 @@ SCALE = {"cpu_us": 1000.0}
 
 
 def counts(path, requests):
+    """Per request, by label; None when nothing was counted (no such process, no requests)."""
+    if not path.exists() or requests == 0:
+        return None
     found = {}
-    if not path.exists():
-        return found
     for line in path.read_text().splitlines():
         fields = line.split(",")
         if len(fields) > 2 and fields[0].replace(".", "").isdigit():
+            # perf may add a modifier (`task-clock:u`) when it can count user space only.
+            name = re.sub(r":[ukh]+$", "", fields[2])
             for event, label in EVENTS:
-                if fields[2].endswith(event):
+                if name.endswith(event):
                     found[label] = float(fields[0]) * SCALE.get(label, 1.0) / requests
     return found
 
@@ -187,7 +202,11 @@ if syscalls:
             per_round = []
             for r in range(1, rounds + 1):
                 done = re.search(r"(\d+) requests in", (out / f"{v}.{r}").read_text())
-                per_round.append(counts(out / f"{v}.{r}.{side}", int(done.group(1))))
+                found = counts(out / f"{v}.{r}.{side}", int(done.group(1)) if done else 0)
+                if found is not None:
+                    per_round.append(found)
+            if not per_round:
+                continue  # no backends (a route with no database), or no requests
             row = [statistics.median(c.get(label, 0.0) for c in per_round) for _, label in EVENTS]
             print(f"{v if side == 'service' else '':20} {side:9}" + "".join(f"{x:11.2f}" for x in row))
 PY
