@@ -50,6 +50,11 @@ if [ -n "$syscalls" ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >&2 ||
             { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >&2; }
     fi
+    if ! command -v ss >/dev/null; then
+        echo "http-bench: installing iproute2 (ss) from Debian's packages" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >&2 ||
+            { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >&2; }
+    fi
     if ! perf stat -x, -e "$events" -o /dev/null -- true; then
         echo "http-bench: perf cannot count $events here" >&2
         exit 1
@@ -82,6 +87,11 @@ if [ -n "$syscalls" ]; then
         echo "http-bench: no server listening on port $pgport to count" >&2
         exit 1
     fi
+    # Attaching to another user's processes needs more than counting one's own.
+    if ! perf stat -x, -e "$events" -p "$postmaster" -o /dev/null -- true; then
+        echo "http-bench: perf cannot count PostgreSQL's processes here" >&2
+        exit 1
+    fi
 fi
 
 for round in $(seq "$rounds"); do
@@ -110,6 +120,9 @@ for round in $(seq "$rounds"); do
             # next perf, then wrk) runs. The backends are the server's children serving a
             # TCP client on 127.0.0.1: the pool's connections, opened before the run.
             backends=$(pgrep -d, -P "$postmaster" -f '127\.0\.0\.1\(' || true)
+            if [ -z "$backends" ] && [ "${variant#nodb}" = "$variant" ]; then
+                echo "http-bench: $variant: no backend of the server on port $pgport serves 127.0.0.1; PostgreSQL not counted" >&2
+            fi
             if [ -n "$backends" ]; then
                 load=(perf stat -x, -e "$events" -p "$backends" -o "$out/$variant.$round.postgres"
                     -- "${load[@]}")
