@@ -25,16 +25,19 @@ connections=${3:-64}
 size=${POOL_SIZE:-10}
 variants=${HTTP_BENCH_VARIANTS:-"layer layer-eager core-direct bb8-core-settings bb8-defaults deadpool sqlx nodb-layer nodb"}
 
-if ! command -v wrk >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then
-        echo "http-bench: installing wrk from Debian's packages" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >&2 ||
-            { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >&2; }
-    else
-        echo "http-bench: wrk is not installed (sudo apt-get install -y wrk)" >&2
+# need COMMAND PACKAGE: installs PACKAGE from Debian's packages when COMMAND is missing.
+need() {
+    command -v "$1" >/dev/null && return
+    if [ "$(id -u)" != 0 ]; then
+        echo "http-bench: $1 is not installed (sudo apt-get install -y $2)" >&2
         exit 1
     fi
-fi
+    echo "http-bench: installing $2 from Debian's packages" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >&2 ||
+        { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >&2; }
+}
+
+need wrk wrk
 
 syscalls=
 [ "${HTTP_BENCH_SYSCALLS:-0}" = 0 ] || syscalls=1
@@ -45,16 +48,8 @@ if [ -n "$syscalls" ]; then
         echo "http-bench: HTTP_BENCH_SYSCALLS needs root (perf's tracepoints, PostgreSQL's processes)" >&2
         exit 1
     fi
-    if ! command -v perf >/dev/null; then
-        echo "http-bench: installing perf from Debian's packages" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >&2 ||
-            { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >&2; }
-    fi
-    if ! command -v ss >/dev/null; then
-        echo "http-bench: installing iproute2 (ss) from Debian's packages" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >&2 ||
-            { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >&2; }
-    fi
+    need perf linux-perf
+    need ss iproute2
     if ! perf stat -x, -e "$events" -o /dev/null -- true; then
         echo "http-bench: perf cannot count $events here" >&2
         exit 1
@@ -66,6 +61,7 @@ if [ -z "$url" ]; then
     export PGPORT=55499
     url=$(scripts/pg.sh start)
 fi
+
 cargo build -q --release -p pool-benches --example http_server
 bin=${CARGO_TARGET_DIR:-target}/release/examples/http_server
 out=$(mktemp -d)
