@@ -3,8 +3,10 @@
 # layer (lazy and eager), a hand-written handler on bb8 (as pool-core sets bb8 up, and on
 # bb8's defaults), deadpool-postgres (RecyclingMethod::Fast) and sqlx's PgPool, the same
 # pool size for all; and a route that never touches the database, with and without the
-# layer. wrk drives each in turn, in alternating rounds, on 127.0.0.1; the report gives the
-# median requests/s and p99 latency of each, and the ratios the targets are stated in.
+# layer (and behind axum's Extension layer, and with the layer around the whole router).
+# wrk drives each in turn, in alternating rounds, on 127.0.0.1; the report gives the
+# median requests/s, p99 latency and CPU time a request (user, kernel) of each, and the
+# ratios the targets are stated in.
 #
 # usage: scripts/http-bench.sh [ROUNDS [SECONDS [CONNECTIONS]]]   (default 3 10 64)
 # env: POOL_SIZE (10), HTTP_BENCH_VARIANTS (all; see benches/examples/http_server.rs),
@@ -23,7 +25,7 @@ rounds=${1:-3}
 seconds=${2:-10}
 connections=${3:-64}
 size=${POOL_SIZE:-10}
-variants=${HTTP_BENCH_VARIANTS:-"layer layer-eager core-direct bb8-core-settings bb8-defaults deadpool sqlx nodb-layer nodb"}
+variants=${HTTP_BENCH_VARIANTS:-"layer layer-eager core-direct bb8-core-settings bb8-defaults deadpool sqlx nodb-layer nodb-extension nodb-layer-outer nodb"}
 
 # need COMMAND PACKAGE: installs PACKAGE from Debian's packages when COMMAND is missing.
 need() {
@@ -126,7 +128,12 @@ for round in $(seq "$rounds"); do
             load=(perf stat -x, -e "$events" -p "$server" -o "$out/$variant.$round.service"
                 -- "${load[@]}")
         fi
+        # The service's CPU time (user, kernel) in clock ticks, before and after the run:
+        # fields 14 and 15 of its stat, counted after the parenthesised command name.
+        cpu() { sed 's/.*) //' "/proc/$server/stat" | awk '{print $12, $13}'; }
+        before=$(cpu)
         "${load[@]}" >"$out/$variant.$round"
+        echo "$before $(cpu)" >"$out/$variant.$round.cpu"
         kill "$server"
         wait "$server" 2>/dev/null || true
         server=
@@ -134,14 +141,14 @@ for round in $(seq "$rounds"); do
     done
 done
 
-python3 - "$out" "$rounds" "$variants" "$connections" "$size" "$syscalls" <<'PY'
+python3 - "$out" "$rounds" "$variants" "$connections" "$size" "$syscalls" "$(getconf CLK_TCK)" <<'PY'
 import pathlib
 import re
 import statistics
 import sys
 
 out, rounds, variants = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split()
-connections, size, syscalls = sys.argv[4], sys.argv[5], sys.argv[6]
+connections, size, syscalls, tick = sys.argv[4], sys.argv[5], sys.argv[6], int(sys.argv[7])
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -152,7 +159,12 @@ def parse(path):
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     failed = int(errors.group(1)) if errors else 0
     socket = re.search(r"Socket errors: (.*)", text)
-    return rps, float(value) * UNIT[unit], failed, socket.group(1) if socket else ""
+    done = int(re.search(r"(\d+) requests in", text).group(1))
+    # The service's CPU time over the run, user and kernel, in microseconds a request.
+    u0, k0, u1, k1 = map(int, path.with_name(path.name + ".cpu").read_text().split())
+    per = lambda ticks: ticks / tick * 1e6 / max(done, 1)
+    cpu = (per(u1 - u0), per(k1 - k0))
+    return rps, float(value) * UNIT[unit], failed, socket.group(1) if socket else "", cpu
 
 
 results = {}
@@ -163,15 +175,21 @@ for v in variants:
         statistics.median(r[1] for r in runs),
         sum(r[2] for r in runs),
         "; ".join(r[3] for r in runs if r[3]),
+        statistics.median(r[4][0] for r in runs),
+        statistics.median(r[4][1] for r in runs),
     )
 
 print(f"\n{rounds} alternating rounds, wrk -t2 -c{connections}, pool size {size}, 127.0.0.1")
-print(f"{'variant':20} {'requests/s':>11} {'p99':>9}  errors")
-for v, (rps, p99, failed, socket) in results.items():
-    print(f"{v:20} {rps:11.0f} {p99:7.2f}ms  {failed}{'  socket: ' + socket if socket else ''}")
+# The service's CPU time a request (its user and kernel time over the run, from
+# /proc/PID/stat, in clock ticks of 1/CLK_TCK s) divided by wrk's count of requests.
+print(f"{'variant':20} {'requests/s':>11} {'p99':>9} {'cpu µs: user':>13} {'kernel':>7}  errors")
+for v, (rps, p99, failed, socket, user, kernel) in results.items():
+    print(f"{v:20} {rps:11.0f} {p99:7.2f}ms {user:13.2f} {kernel:7.2f}  {failed}"
+          f"{'  socket: ' + socket if socket else ''}")
 pairs = [
     ("layer", "deadpool"), ("layer", "sqlx"), ("layer", "bb8-core-settings"),
     ("layer", "bb8-defaults"), ("layer-eager", "deadpool"), ("nodb-layer", "nodb"),
+    ("nodb-extension", "nodb"), ("nodb-layer", "nodb-extension"), ("nodb-layer-outer", "nodb"),
 ]
 print()
 for ours, base in pairs:

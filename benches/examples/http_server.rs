@@ -14,7 +14,10 @@
 //! - `deadpool`: deadpool-postgres with `RecyclingMethod::Fast`;
 //! - `sqlx`: sqlx's `PgPool`;
 //! - `nodb-layer`, `nodb`: a route that never touches the database, with and without the
-//!   layer in front;
+//!   layer in front; `nodb-extension`: the same route behind axum's `Extension` layer
+//!   carrying a pool-core pool, as the other variants hand their pools to handlers (what
+//!   any layer that puts something in every request pays there); `nodb-layer-outer`: the
+//!   layer around the whole router instead of on its routes;
 //! - for the breakdown: `core-direct` (a pool-core pool without the layer, the handler
 //!   checking out itself) and `bb8-core-manager` (bare bb8 over pool-core's PostgreSQL
 //!   manager).
@@ -145,19 +148,36 @@ async fn serve(variant: &str, port: u16, url: &str, size: u32) {
             .build_postgres()
             .unwrap_or_else(|e| fail(format!("pool: {e}")));
         telemetry.observe(&pool).unwrap();
-        (pool, telemetry)
+        // The instruments live as long as the process.
+        std::mem::forget(telemetry);
+        pool
     };
+    // A pool-core pool with all its connections open, as the other pools start.
+    let warm_core_pool = || async {
+        let pool = core_pool();
+        pool.warm_up()
+            .await
+            .unwrap_or_else(|e| fail(format!("warm-up: {e}")));
+        pool
+    };
+    if variant == "nodb-layer-outer" {
+        // Around the router rather than on its routes (`Router::layer`): axum then neither
+        // clones nor boxes the layer's service for each request.
+        let app = tower::Layer::layer(
+            &PoolLayer::new(warm_core_pool().await),
+            Router::new().route("/", get(nodb)),
+        );
+        let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
+        axum::serve(listen(variant, port).await, app).await.unwrap();
+        return;
+    }
     let pg_config: pool_core::postgres::tokio_postgres::Config = url
         .parse()
         .unwrap_or_else(|e| fail(format!("DATABASE_URL: {e}")));
     let bb8_manager = || bb8_postgres::PostgresConnectionManager::new(pg_config.clone(), NoTls);
     let app = match variant {
         "layer" | "layer-eager" | "nodb-layer" => {
-            let (pool, telemetry) = core_pool();
-            pool.warm_up()
-                .await
-                .unwrap_or_else(|e| fail(format!("warm-up: {e}")));
-            std::mem::forget(telemetry);
+            let pool = warm_core_pool().await;
             let layer = if variant == "layer-eager" {
                 PoolLayer::new(pool).eager()
             } else {
@@ -187,16 +207,9 @@ async fn serve(variant: &str, port: u16, url: &str, size: u32) {
                 .route("/", get(bb8_select))
                 .layer(Extension(pool))
         }
-        "core-direct" => {
-            let (pool, telemetry) = core_pool();
-            pool.warm_up()
-                .await
-                .unwrap_or_else(|e| fail(format!("warm-up: {e}")));
-            std::mem::forget(telemetry);
-            Router::new()
-                .route("/", get(core_select))
-                .layer(Extension(pool))
-        }
+        "core-direct" => Router::new()
+            .route("/", get(core_select))
+            .layer(Extension(warm_core_pool().await)),
         "bb8-core-manager" => {
             let pool = bb8::Pool::builder()
                 .max_size(size)
@@ -250,12 +263,19 @@ async fn serve(variant: &str, port: u16, url: &str, size: u32) {
                 .route("/", get(sqlx_select))
                 .layer(Extension(pool))
         }
+        "nodb-extension" => Router::new()
+            .route("/", get(nodb))
+            .layer(Extension(warm_core_pool().await)),
         "nodb" => Router::new().route("/", get(nodb)),
         other => fail(format!("unknown variant {other:?}")),
     };
+    axum::serve(listen(variant, port).await, app).await.unwrap();
+}
+
+async fn listen(variant: &str, port: u16) -> tokio::net::TcpListener {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap_or_else(|e| fail(format!("bind 127.0.0.1:{port}: {e}")));
     println!("listening on 127.0.0.1:{port} ({variant})");
-    axum::serve(listener, app).await.unwrap();
+    listener
 }
