@@ -58,6 +58,17 @@ if [ -n "$syscalls" ]; then
     fi
 fi
 
+out=$(mktemp -d)
+port=18480
+server=
+cleanup() {
+    if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi
+    rm -rf "$out"
+    if [ -z "${POOL_TEST_DATABASE_URL:-}" ]; then scripts/pg.sh destroy >/dev/null 2>&1 || true; fi
+}
+# Before the server starts, so that every way out removes it.
+trap cleanup EXIT
+
 url=${POOL_TEST_DATABASE_URL:-}
 if [ -z "$url" ]; then
     export PGPORT=55499
@@ -66,15 +77,6 @@ fi
 
 cargo build -q --release -p pool-benches --example http_server
 bin=${CARGO_TARGET_DIR:-target}/release/examples/http_server
-out=$(mktemp -d)
-port=18480
-server=
-cleanup() {
-    [ -n "$server" ] && kill "$server" 2>/dev/null
-    rm -rf "$out"
-    if [ -z "${POOL_TEST_DATABASE_URL:-}" ]; then scripts/pg.sh destroy >/dev/null 2>&1 || true; fi
-}
-trap cleanup EXIT
 
 postmaster=
 if [ -n "$syscalls" ]; then
@@ -129,7 +131,8 @@ for round in $(seq "$rounds"); do
                 -- "${load[@]}")
         fi
         # The service's CPU time (user, kernel) in clock ticks, before and after the run:
-        # fields 14 and 15 of its stat, counted after the parenthesised command name.
+        # fields 14 and 15 of /proc/PID/stat, which are the 12th and 13th after the
+        # parenthesised command name (field 2, which may hold spaces).
         cpu() { sed 's/.*) //' "/proc/$server/stat" | awk '{print $12, $13}'; }
         before=$(cpu)
         "${load[@]}" >"$out/$variant.$round"
@@ -181,7 +184,8 @@ for v in variants:
 
 print(f"\n{rounds} alternating rounds, wrk -t2 -c{connections}, pool size {size}, 127.0.0.1")
 # The service's CPU time a request (its user and kernel time over the run, from
-# /proc/PID/stat, in clock ticks of 1/CLK_TCK s) divided by wrk's count of requests.
+# /proc/PID/stat, in clock ticks of 1/CLK_TCK s) divided by wrk's count of requests. With
+# HTTP_BENCH_SYSCALLS=1 it includes perf's cost for each system call counted.
 print(f"{'variant':20} {'requests/s':>11} {'p99':>9} {'cpu µs: user':>13} {'kernel':>7}  errors")
 for v, (rps, p99, failed, socket, user, kernel) in results.items():
     print(f"{v:20} {rps:11.0f} {p99:7.2f}ms {user:13.2f} {kernel:7.2f}  {failed}"

@@ -4,24 +4,27 @@
 # 127.0.0.1 and, for the database routes, real PostgreSQL.
 #
 # usage: scripts/http-instructions.sh [REQUESTS [CONNECTIONS]]   (default 20000 64; needs valgrind)
-# env: HTTP_BENCH_VARIANTS (see below), HTTP_BENCH_QUERY=typed, NO_TELEMETRY=1 (as for the
-#      server), POOL_TEST_DATABASE_URL (else a throwaway server from scripts/pg.sh on port
-#      55499, removed afterwards)
+# env: HTTP_BENCH_VARIANTS (see below), POOL_SIZE (10), HTTP_BENCH_QUERY=typed and
+#      NO_TELEMETRY=1 (as for the server), POOL_TEST_DATABASE_URL (else a throwaway server
+#      from scripts/pg.sh on port 55498, removed afterwards)
 #
 # Each variant runs under callgrind with its counting off. A bounded client (below) sends a
-# quarter of REQUESTS to warm the service up, then counting is switched on for exactly
-# REQUESTS more, sent over CONNECTIONS keep-alive connections; every connection closes only
-# after its last answer, so no request is dropped mid-query (which would make the layer
-# close and reopen a connection inside the count). Counts are of the service's own code
-# and libraries in user space: not the kernel, not PostgreSQL. They barely move between
-# runs, unlike requests/s on a shared machine; but valgrind runs one thread at a time, so
-# they show no contention between the workers, and they count instructions, not time (a
-# system call or a context switch is one instruction here). Read them beside
-# scripts/http-bench.sh.
+# quarter of REQUESTS to warm the service up; then, on CONNECTIONS keep-alive connections
+# already open, it switches counting on, sends exactly REQUESTS, and switches counting off
+# once every answer is in, before any connection closes. No request is dropped mid-query
+# (which would make the layer close and reopen a connection inside the count). What the
+# service's background tasks run meanwhile (the pool's monitor and health checks, where it
+# has a pool) is counted too; over a few seconds it is a small fraction of a percent.
+# Counts are of the service's own code and libraries in user space: not the kernel, not
+# PostgreSQL. They barely move between runs, unlike requests/s on a shared machine; but
+# valgrind runs one thread at a time, so they show no contention between the workers, and
+# they count instructions, not time (a system call is one instruction here, a context
+# switch none). Read them beside scripts/http-bench.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${1:-20000}
 connections=${2:-64}
+size=${POOL_SIZE:-10}
 variants=${HTTP_BENCH_VARIANTS:-"nodb nodb-extension nodb-layer nodb-layer-outer layer layer-eager core-direct bb8-core-manager bb8-core-settings deadpool sqlx"}
 for tool in valgrind callgrind_control curl python3; do
     if ! command -v "$tool" >/dev/null; then
@@ -29,57 +32,84 @@ for tool in valgrind callgrind_control curl python3; do
         exit 1
     fi
 done
-case $requests in '' | *[!0-9]*) echo "http-instructions: REQUESTS $requests is not a number" >&2; exit 1 ;; esac
-case $connections in '' | *[!0-9]*) echo "http-instructions: CONNECTIONS $connections is not a number" >&2; exit 1 ;; esac
+for input in "REQUESTS=$requests" "CONNECTIONS=$connections" "POOL_SIZE=$size"; do
+    case ${input#*=} in
+        '' | *[!0-9]* | 0*) echo "http-instructions: $input is not a positive number" >&2; exit 1 ;;
+    esac
+done
+
+out=$(mktemp -d)
+port=18481
+server=
+cleanup() {
+    if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi
+    rm -rf "$out"
+    if [ -z "${POOL_TEST_DATABASE_URL:-}" ]; then scripts/pg.sh destroy >/dev/null 2>&1 || true; fi
+}
+# Before the server starts, so that every way out removes it.
+trap cleanup EXIT
 
 url=${POOL_TEST_DATABASE_URL:-}
 if [ -z "$url" ]; then
-    export PGPORT=55499
+    # Not http-bench.sh's port: the two may run at once.
+    export PGPORT=55498
     url=$(scripts/pg.sh start)
 fi
 
 cargo build -q --release -p pool-benches --example http_server
 bin=${CARGO_TARGET_DIR:-target}/release/examples/http_server
-out=$(mktemp -d)
-port=18481
-server=
-cleanup() {
-    [ -n "$server" ] && kill "$server" 2>/dev/null
-    rm -rf "$out"
-    if [ -z "${POOL_TEST_DATABASE_URL:-}" ]; then scripts/pg.sh destroy >/dev/null 2>&1 || true; fi
-}
-trap cleanup EXIT
 
 # The client: N requests of `GET /` shared by C connections, each sending its next request
-# when the last answer is in; prints the count of each status.
+# when the last answer is in. With a PID it switches callgrind's counting in that process
+# on once every connection is open and off once every answer is in, before any connection
+# closes, so that the count holds the requests and nothing around them. Prints the count of
+# each status.
 cat >"$out/load.py" <<'PY'
 import asyncio
+import subprocess
 import sys
 
 
-async def connection(host, port, left, statuses):
-    reader, writer = await asyncio.open_connection(host, port)
+def callgrind(pid, switch):
+    """callgrind_control exits 0 even when it finds no such process: read what it says."""
+    said = subprocess.run(["callgrind_control", "-i", switch, pid],
+                          capture_output=True, text=True)
+    text = said.stdout + said.stderr
+    if said.returncode != 0 or "OK." not in said.stdout or "Error" in text:
+        sys.exit(f"callgrind_control -i {switch} {pid}: {text.strip()}")
+
+
+async def requests(reader, writer, host, port, left, statuses):
     request = f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
     while left[0] > 0:
         left[0] -= 1
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
-        length = 0
+        length = None
         for line in head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value)
+        if length is None:
+            sys.exit(f"an answer without Content-Length: {head!r}")
         await reader.readexactly(length)
         statuses[status] = statuses.get(status, 0) + 1
-    writer.close()
-    await writer.wait_closed()
 
 
 async def main():
     host, port, n, c = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    pid = sys.argv[5] if len(sys.argv) > 5 else None
+    streams = [await asyncio.open_connection(host, port) for _ in range(c)]
     left, statuses = [n], {}
-    await asyncio.gather(*(connection(host, port, left, statuses) for _ in range(c)))
+    if pid:
+        callgrind(pid, "on")
+    await asyncio.gather(*(requests(r, w, host, port, left, statuses) for r, w in streams))
+    if pid:
+        callgrind(pid, "off")
+    for _, writer in streams:
+        writer.close()
+        await writer.wait_closed()
     print(" ".join(f"{status}:{count}" for status, count in sorted(statuses.items())))
 
 
@@ -87,16 +117,21 @@ asyncio.run(main())
 PY
 
 for variant in $variants; do
+    if curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1; then
+        echo "http-instructions: something already answers on 127.0.0.1:$port" >&2
+        exit 1
+    fi
     # The URL (with its password) goes through the environment, not the command line.
     HTTP_BENCH_DATABASE_URL=$url valgrind -q --tool=callgrind --instr-atstart=no \
-        --callgrind-out-file="$out/$variant.%p" "$bin" "$variant" "$port" 10 \
+        --callgrind-out-file="$out/$variant.%p" "$bin" "$variant" "$port" "$size" \
         >"$out/server.log" 2>&1 &
     server=$!
+    pid=$server
     ready=
     # Under valgrind the service takes seconds to start: up to 60.
     for _ in $(seq 600); do
-        if curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1; then ready=1; break; fi
         if ! kill -0 "$server" 2>/dev/null; then break; fi
+        if curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1; then ready=1; break; fi
         sleep 0.1
     done
     if [ -z "$ready" ]; then
@@ -105,22 +140,25 @@ for variant in $variants; do
         exit 1
     fi
     python3 "$out/load.py" 127.0.0.1 "$port" $((requests / 4 + 1)) "$connections" >/dev/null
-    callgrind_control -i on "$server" >/dev/null 2>&1
-    statuses=$(python3 "$out/load.py" 127.0.0.1 "$port" "$requests" "$connections")
-    callgrind_control -i off "$server" >/dev/null 2>&1
+    statuses=$(python3 "$out/load.py" 127.0.0.1 "$port" "$requests" "$connections" "$server")
     callgrind_control -d "$server" >/dev/null 2>&1
     kill "$server"
     wait "$server" 2>/dev/null || true
+    server=
     if [ "$statuses" != "200:$requests" ]; then
         echo "http-instructions: $variant answered $statuses, not 200:$requests" >&2
         cat "$out/server.log" >&2
         exit 1
     fi
     # The dump asked for above is the profile's first part: what ran while counting was on.
-    totals=$(grep -h '^totals:' "$out/$variant.$server.1" | awk '{print $2}')
+    dump=$out/$variant.$pid.1
+    totals=$(grep -hs '^totals:' "$dump" | awk '{print $2}' || true)
+    if [ -z "$totals" ] || [ "$totals" = 0 ]; then
+        echo "http-instructions: $variant: no instructions counted in callgrind's dump $dump" >&2
+        exit 1
+    fi
     echo "$variant $totals" >>"$out/totals"
     echo "http-instructions: $variant $((totals / requests)) instructions a request" >&2
-    server=
 done
 
 python3 - "$out/totals" "$requests" "$connections" <<'PY'

@@ -16,7 +16,7 @@
 //! - `nodb-layer`, `nodb`: a route that never touches the database, with and without the
 //!   layer in front; `nodb-extension`: the same route behind axum's `Extension` layer
 //!   carrying a pool-core pool, as the other variants hand their pools to handlers (what
-//!   any layer that puts something in every request pays there); `nodb-layer-outer`: the
+//!   a layer applied to the routes with `Router::layer` pays there); `nodb-layer-outer`: the
 //!   layer around the whole router instead of on its routes;
 //! - for the breakdown: `core-direct` (a pool-core pool without the layer, the handler
 //!   checking out itself) and `bb8-core-manager` (bare bb8 over pool-core's PostgreSQL
@@ -161,8 +161,9 @@ async fn serve(variant: &str, port: u16, url: &str, size: u32) {
         pool
     };
     if variant == "nodb-layer-outer" {
-        // Around the router rather than on its routes (`Router::layer`): axum then neither
-        // clones nor boxes the layer's service for each request.
+        // Around the router rather than on its routes (`Router::layer`): the layer's
+        // service is not boxed into each route, whose boxed clone axum clones again for
+        // every request (the server clones the whole service for each request either way).
         let app = tower::Layer::layer(
             &PoolLayer::new(warm_core_pool().await),
             Router::new().route("/", get(nodb)),
