@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Instructions per HTTP request, counted by callgrind in the service of
-# benches/examples/http_server.rs (the variants of scripts/http-bench.sh) over real HTTP on
+# benches/examples/http_server.rs (the variants scripts/http-bench.sh runs) over real HTTP on
 # 127.0.0.1 and, for the database routes, real PostgreSQL.
 #
 # usage: scripts/http-instructions.sh [REQUESTS [CONNECTIONS]]   (default 20000 64; needs valgrind)
@@ -14,7 +14,9 @@
 # once every answer is in, before any connection closes. No request is dropped mid-query
 # (which would make the layer close and reopen a connection inside the count). What the
 # service's background tasks run meanwhile (the pool's monitor and health checks, where it
-# has a pool) is counted too; over a few seconds it is a small fraction of a percent.
+# has a pool) is counted too: a few thousand instructions a second, against about 10^9 in
+# a run. HTTP_INSTRUCTIONS_KEEP=DIR keeps each variant's profile there (DIR/VARIANT.out),
+# for callgrind_annotate.
 # Counts are of the service's own code and libraries in user space: not the kernel, not
 # PostgreSQL. They barely move between runs, unlike requests/s on a shared machine; but
 # valgrind runs one thread at a time, so they show no contention between the workers, and
@@ -25,7 +27,8 @@ cd "$(dirname "$0")/.."
 requests=${1:-20000}
 connections=${2:-64}
 size=${POOL_SIZE:-10}
-variants=${HTTP_BENCH_VARIANTS:-"nodb nodb-extension nodb-layer nodb-layer-outer layer layer-eager core-direct bb8-core-manager bb8-core-settings deadpool sqlx"}
+variants=${HTTP_BENCH_VARIANTS:-"nodb nodb-identity nodb-extension nodb-layer nodb-layer-outer layer layer-eager core-direct bb8-core-manager bb8-core-settings bb8-defaults deadpool sqlx"}
+keep=${HTTP_INSTRUCTIONS_KEEP:-}
 for tool in valgrind callgrind_control curl python3; do
     if ! command -v "$tool" >/dev/null; then
         echo "http-instructions: $tool is not installed (apt-get install valgrind curl python3)" >&2
@@ -42,8 +45,12 @@ out=$(mktemp -d)
 port=18481
 server=
 cleanup() {
-    if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi
-    rm -rf "$out"
+    if [ -n "$server" ]; then
+        kill "$server" 2>/dev/null || true
+        # Callgrind writes its last profile as it exits: let it, before removing the folder.
+        wait "$server" 2>/dev/null || true
+    fi
+    rm -rf "$out" || true
     if [ -z "${POOL_TEST_DATABASE_URL:-}" ]; then scripts/pg.sh destroy >/dev/null 2>&1 || true; fi
 }
 # Before the server starts, so that every way out removes it.
@@ -70,13 +77,21 @@ import subprocess
 import sys
 
 
+# Seconds any one connect or answer may take (under valgrind, first answers are slow).
+DEADLINE = 60
+
+
+class Failed(Exception):
+    pass
+
+
 def callgrind(pid, switch):
     """callgrind_control exits 0 even when it finds no such process: read what it says."""
     said = subprocess.run(["callgrind_control", "-i", switch, pid],
                           capture_output=True, text=True)
     text = said.stdout + said.stderr
-    if said.returncode != 0 or "OK." not in said.stdout or "Error" in text:
-        sys.exit(f"callgrind_control -i {switch} {pid}: {text.strip()}")
+    if said.returncode != 0 or "OK." not in said.stdout or "error" in text.lower():
+        raise Failed(f"callgrind_control -i {switch} {pid}: {text.strip()}")
 
 
 async def requests(reader, writer, host, port, left, statuses):
@@ -84,7 +99,7 @@ async def requests(reader, writer, host, port, left, statuses):
     while left[0] > 0:
         left[0] -= 1
         writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE)
         status = int(head.split(b" ", 2)[1])
         length = None
         for line in head.split(b"\r\n")[1:]:
@@ -92,15 +107,16 @@ async def requests(reader, writer, host, port, left, statuses):
             if name.strip().lower() == b"content-length":
                 length = int(value)
         if length is None:
-            sys.exit(f"an answer without Content-Length: {head!r}")
-        await reader.readexactly(length)
+            raise Failed(f"an answer without Content-Length: {head!r}")
+        await asyncio.wait_for(reader.readexactly(length), DEADLINE)
         statuses[status] = statuses.get(status, 0) + 1
 
 
 async def main():
     host, port, n, c = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     pid = sys.argv[5] if len(sys.argv) > 5 else None
-    streams = [await asyncio.open_connection(host, port) for _ in range(c)]
+    streams = [await asyncio.wait_for(asyncio.open_connection(host, port), DEADLINE)
+               for _ in range(c)]
     left, statuses = [n], {}
     if pid:
         callgrind(pid, "on")
@@ -113,7 +129,10 @@ async def main():
     print(" ".join(f"{status}:{count}" for status, count in sorted(statuses.items())))
 
 
-asyncio.run(main())
+try:
+    asyncio.run(main())
+except (Failed, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as error:
+    sys.exit(f"load: {type(error).__name__}: {error}")
 PY
 
 for variant in $variants; do
@@ -139,8 +158,12 @@ for variant in $variants; do
         cat "$out/server.log" >&2
         exit 1
     fi
-    python3 "$out/load.py" 127.0.0.1 "$port" $((requests / 4 + 1)) "$connections" >/dev/null
-    statuses=$(python3 "$out/load.py" 127.0.0.1 "$port" "$requests" "$connections" "$server")
+    if ! python3 "$out/load.py" 127.0.0.1 "$port" $((requests / 4 + 1)) "$connections" >/dev/null ||
+        ! statuses=$(python3 "$out/load.py" 127.0.0.1 "$port" "$requests" "$connections" "$server"); then
+        echo "http-instructions: $variant: the client failed (above); the service said:" >&2
+        cat "$out/server.log" >&2
+        exit 1
+    fi
     callgrind_control -d "$server" >/dev/null 2>&1
     kill "$server"
     wait "$server" 2>/dev/null || true
@@ -156,6 +179,10 @@ for variant in $variants; do
     if [ -z "$totals" ] || [ "$totals" = 0 ]; then
         echo "http-instructions: $variant: no instructions counted in callgrind's dump $dump" >&2
         exit 1
+    fi
+    if [ -n "$keep" ]; then
+        mkdir -p "$keep"
+        cp "$dump" "$keep/$variant.out"
     fi
     echo "$variant $totals" >>"$out/totals"
     echo "http-instructions: $variant $((totals / requests)) instructions a request" >&2
@@ -174,10 +201,12 @@ print(f"\ninstructions per request in the service (callgrind), {requests} reques
 for variant, count in per.items():
     print(f"{variant:20} {count:9.0f}")
 pairs = [
-    ("nodb-extension", "nodb"), ("nodb-layer", "nodb"), ("nodb-layer", "nodb-extension"),
-    ("nodb-layer-outer", "nodb"), ("layer", "deadpool"), ("layer", "sqlx"),
-    ("layer", "bb8-core-settings"), ("layer", "core-direct"), ("layer-eager", "deadpool"),
-    ("core-direct", "bb8-core-manager"), ("bb8-core-manager", "bb8-core-settings"),
+    ("nodb-identity", "nodb"), ("nodb-extension", "nodb"), ("nodb-layer", "nodb"),
+    ("nodb-layer", "nodb-extension"), ("nodb-layer-outer", "nodb"), ("layer", "deadpool"),
+    ("layer", "sqlx"), ("layer", "bb8-core-settings"), ("layer", "core-direct"),
+    ("layer-eager", "deadpool"), ("sqlx", "deadpool"), ("bb8-core-settings", "deadpool"),
+    ("bb8-defaults", "deadpool"), ("core-direct", "bb8-core-manager"),
+    ("bb8-core-manager", "bb8-core-settings"),
 ]
 print()
 for ours, base in pairs:

@@ -17,7 +17,9 @@
 //!   layer in front; `nodb-extension`: the same route behind axum's `Extension` layer
 //!   carrying a pool-core pool, as the other variants hand their pools to handlers (what
 //!   a layer applied to the routes with `Router::layer` pays there); `nodb-layer-outer`: the
-//!   layer around the whole router instead of on its routes;
+//!   layer around the whole router instead of on its routes; `nodb-identity`: the route
+//!   with a layer that does nothing (tower's `Identity`), applied with `Router::layer`,
+//!   which shows what axum's layering of a route costs by itself;
 //! - for the breakdown: `core-direct` (a pool-core pool without the layer, the handler
 //!   checking out itself) and `bb8-core-manager` (bare bb8 over pool-core's PostgreSQL
 //!   manager).
@@ -267,6 +269,9 @@ async fn serve(variant: &str, port: u16, url: &str, size: u32) {
         "nodb-extension" => Router::new()
             .route("/", get(nodb))
             .layer(Extension(warm_core_pool().await)),
+        "nodb-identity" => Router::new()
+            .route("/", get(nodb))
+            .layer(tower::layer::util::Identity::new()),
         "nodb" => Router::new().route("/", get(nodb)),
         other => fail(format!("unknown variant {other:?}")),
     };
