@@ -58,28 +58,9 @@ if [ -n "$syscalls" ]; then
     fi
 fi
 
-out=$(mktemp -d)
+. scripts/http-common.sh
+http_setup 55499
 port=18480
-server=
-cleanup() {
-    if [ -n "$server" ]; then
-        kill "$server" 2>/dev/null || true
-        wait "$server" 2>/dev/null || true
-    fi
-    rm -rf "$out" || true
-    if [ -z "${POOL_TEST_DATABASE_URL:-}" ]; then scripts/pg.sh destroy >/dev/null 2>&1 || true; fi
-}
-# Before the server starts, so that every way out removes it.
-trap cleanup EXIT
-
-url=${POOL_TEST_DATABASE_URL:-}
-if [ -z "$url" ]; then
-    export PGPORT=55499
-    url=$(scripts/pg.sh start)
-fi
-
-cargo build -q --release -p pool-benches --example http_server
-bin=${CARGO_TARGET_DIR:-target}/release/examples/http_server
 
 postmaster=
 if [ -n "$syscalls" ]; then

@@ -41,30 +41,10 @@ for input in "REQUESTS=$requests" "CONNECTIONS=$connections" "POOL_SIZE=$size"; 
     esac
 done
 
-out=$(mktemp -d)
+. scripts/http-common.sh
+# The throwaway database's port is not http-bench.sh's: the two may run at once.
+http_setup 55498
 port=18481
-server=
-cleanup() {
-    if [ -n "$server" ]; then
-        kill "$server" 2>/dev/null || true
-        # Callgrind writes its last profile as it exits: let it, before removing the folder.
-        wait "$server" 2>/dev/null || true
-    fi
-    rm -rf "$out" || true
-    if [ -z "${POOL_TEST_DATABASE_URL:-}" ]; then scripts/pg.sh destroy >/dev/null 2>&1 || true; fi
-}
-# Before the server starts, so that every way out removes it.
-trap cleanup EXIT
-
-url=${POOL_TEST_DATABASE_URL:-}
-if [ -z "$url" ]; then
-    # Not http-bench.sh's port: the two may run at once.
-    export PGPORT=55498
-    url=$(scripts/pg.sh start)
-fi
-
-cargo build -q --release -p pool-benches --example http_server
-bin=${CARGO_TARGET_DIR:-target}/release/examples/http_server
 
 # The client: N requests of `GET /` shared by C connections, each sending its next request
 # when the last answer is in. With a PID it switches callgrind's counting in that process
